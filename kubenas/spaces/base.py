@@ -1,0 +1,191 @@
+"""The contract every search space keeps.
+
+A genotype is plain JSON-safe data (a dict with a `space` key); a space knows
+how to sample, validate, canonicalise and hash it, and how to map it to and
+from the flat decision assignment strategies work with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from abc import ABC, abstractmethod
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from kubenas.errors import InvalidGenotype, describe_validation_error
+from kubenas.spaces.config import INTEGER_HYPERPARAMETERS, SearchSpaceSpec
+from kubenas.spaces.decisions import (
+    Assignment,
+    Categorical,
+    Decision,
+    Numeric,
+    sample_assignment,
+)
+
+Genotype = dict[str, Any]
+HP_PREFIX = "hp."
+
+
+def hyperparameter_decisions(spec: SearchSpaceSpec) -> list[Decision]:
+    decisions: list[Decision] = []
+    for hp in spec.hyperparameters:
+        name = HP_PREFIX + hp.name
+        if hp.type == "categorical":
+            decisions.append(Categorical(name, tuple(hp.choices or ())))
+        else:
+            integer = hp.type == "int" or hp.name in INTEGER_HYPERPARAMETERS
+            decisions.append(Numeric(name, float(hp.low), float(hp.high), log=hp.log, integer=integer))
+    return decisions
+
+
+class SearchSpace(ABC):
+    name: str
+
+    def __init__(self, spec: SearchSpaceSpec | None = None):
+        self.spec = spec or SearchSpaceSpec(type=self.name)
+        self.hp_decisions = hyperparameter_decisions(self.spec)
+
+    # --- what each space defines -------------------------------------------------
+    @property
+    @abstractmethod
+    def cell_decisions(self) -> list[Decision]:
+        """The architecture's decisions, in the order a controller samples them."""
+
+    @abstractmethod
+    def _decode_cell(self, assignment: Assignment) -> Genotype:
+        """Architecture part of a genotype from an assignment (no `space`, no `hparams`)."""
+
+    @abstractmethod
+    def _encode_cell(self, genotype: Genotype) -> Assignment:
+        """Inverse of `_decode_cell`, for a validated genotype."""
+
+    @abstractmethod
+    def _validate_cell(self, data: dict) -> Genotype:
+        """Check the architecture part against this space; returns the normalised form."""
+
+    @abstractmethod
+    def _canonical_cell(self, genotype: Genotype) -> str:
+        """A string equal for equal architectures and different otherwise."""
+
+    # --- shared behaviour ----------------------------------------------------------
+    @property
+    def decisions(self) -> list[Decision]:
+        return self.cell_decisions + self.hp_decisions
+
+    def sample(self, rng: random.Random) -> Genotype:
+        return self.decode(sample_assignment(self.decisions, rng))
+
+    def decode(self, assignment: Assignment) -> Genotype:
+        genotype = {"space": self.name, **self._decode_cell(assignment)}
+        genotype["hparams"] = {d.name[len(HP_PREFIX):]: assignment[d.name] for d in self.hp_decisions}
+        return genotype
+
+    def encode(self, genotype: Genotype) -> Assignment:
+        genotype = self.validate(genotype)
+        assignment = self._encode_cell(genotype)
+        assignment.update({HP_PREFIX + k: v for k, v in genotype["hparams"].items()})
+        return assignment
+
+    def validate(self, data: Any) -> Genotype:
+        """Return the normalised genotype or raise InvalidGenotype naming the field."""
+        if isinstance(data, (str, bytes)):
+            return self.from_json(data)
+        genotype = self.validate_architecture(data)
+        genotype["hparams"] = self._validate_hparams(data.get("hparams", {}))
+        return genotype
+
+    def validate_architecture(self, data: Any) -> Genotype:
+        """Validate the cell only, passing `hparams` through: what a model builder
+        needs, since which hyperparameters are searched is the search's business."""
+        if not isinstance(data, dict):
+            raise InvalidGenotype(f"genotype: expected a JSON object, got {type(data).__name__}")
+        if data.get("space") != self.name:
+            raise InvalidGenotype(f"genotype.space: {data.get('space')!r} is not accepted here; expected {self.name!r}")
+        body = {k: v for k, v in data.items() if k not in ("space", "hparams")}
+        hparams = data.get("hparams", {})
+        if not isinstance(hparams, dict):
+            raise InvalidGenotype(f"genotype.hparams: expected an object, got {type(hparams).__name__}")
+        return {"space": self.name, **self._validate_cell(body), "hparams": dict(hparams)}
+
+    def _validate_hparams(self, hparams: Any) -> dict:
+        if not isinstance(hparams, dict):
+            raise InvalidGenotype(f"genotype.hparams: expected an object, got {type(hparams).__name__}")
+        expected = {d.name[len(HP_PREFIX):]: d for d in self.hp_decisions}
+        unknown = set(hparams) - set(expected)
+        if unknown:
+            raise InvalidGenotype(
+                f"genotype.hparams: {sorted(unknown)} are not searched here; accepted: {sorted(expected) or 'none'}"
+            )
+        missing = set(expected) - set(hparams)
+        if missing:
+            raise InvalidGenotype(f"genotype.hparams: missing {sorted(missing)}")
+        out = {}
+        for key, decision in expected.items():
+            try:
+                out[key] = decision.validate(hparams[key])
+            except InvalidGenotype as exc:
+                raise InvalidGenotype(f"genotype.hparams.{str(exc).removeprefix(HP_PREFIX)}") from None
+        return out
+
+    def canonical(self, genotype: Genotype) -> str:
+        genotype = self.validate(genotype)
+        hp = json.dumps(genotype["hparams"], sort_keys=True, separators=(",", ":"))
+        return f"{self.name}:{self._canonical_cell(genotype)}|hp={hp}"
+
+    def hash(self, genotype: Genotype) -> str:
+        """Stable across processes and versions: equal architectures hash equal."""
+        return hashlib.sha256(self.canonical(genotype).encode()).hexdigest()[:16]
+
+    @staticmethod
+    def to_json(genotype: Genotype) -> str:
+        return json.dumps(genotype, sort_keys=True, separators=(",", ":"))
+
+    def from_json(self, text: str | bytes) -> Genotype:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidGenotype(f"genotype is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        return self.validate(data)
+
+
+def validate_model(model: type[BaseModel], data: Any, prefix: str) -> BaseModel:
+    """Structural validation with a readable, field-naming message."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidGenotype(describe_validation_error(exc, prefix)) from None
+
+
+def check_choice(field: str, value: str, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise InvalidGenotype(f"{field}: {value!r} is not accepted; choose one of {list(accepted)}")
+
+
+def check_input(field: str, value: int, limit: int) -> None:
+    if not 0 <= value < limit:
+        raise InvalidGenotype(f"{field}: input {value} is out of range; accepted 0..{limit - 1} "
+                              "(0 and 1 are the cell inputs, 2+j is block j)")
+
+
+def expression_canonical(blocks: list[tuple[str, list[tuple[int, str]]]], outputs: list[int]) -> str:
+    """Canonical form of a cell DAG under block reordering and operand swapping.
+
+    Each block is (combine, [(input, op), ...]); an input below 2 is a cell input.
+    A block's expression inlines its inputs' expressions with operands sorted,
+    and the cell is the sorted multiset of its output blocks' expressions.
+    """
+    memo: dict[int, str] = {}
+
+    def expr(state: int) -> str:
+        if state < 2:
+            return f"in{state}"
+        if state not in memo:
+            combine, operands = blocks[state - 2]
+            parts = sorted(f"{op}({expr(src)})" for src, op in operands)
+            memo[state] = f"{combine}[{','.join(parts)}]"
+        return memo[state]
+
+    return "out{" + ";".join(sorted(expr(2 + b) for b in outputs)) + "}"

@@ -1,0 +1,207 @@
+"""The proxy task: train a child network briefly and report validation accuracy.
+
+One code path for CPU and CUDA. On CUDA the data sits on the GPU when it fits,
+the model runs channels_last under bf16 autocast; on CPU everything is float32.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+
+from kubenas.errors import InvalidGenotype
+from kubenas.nn import ModelConfig, build_model, count_parameters, multiply_adds
+from kubenas.training.datasets import Splits
+
+# Genotype hyperparameter names (camelCase, as in the spec) -> TrainConfig fields.
+HPARAM_FIELDS = {
+    "learningRate": "learning_rate",
+    "weightDecay": "weight_decay",
+    "momentum": "momentum",
+    "batchSize": "batch_size",
+    "epochs": "epochs",
+    "dropPath": "drop_path",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    drop_path: float = 0.0
+    auxiliary_weight: float = 0.4
+    grad_clip: float = 5.0
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    channels: int = 16  # F
+    cells_per_stage: int = 2  # N
+    auxiliary: bool = False
+    augment: bool = True
+
+    def with_hparams(self, hparams: dict) -> "TrainConfig":
+        """Apply a genotype's searched hyperparameters on top of the defaults."""
+        unknown = set(hparams) - set(HPARAM_FIELDS)
+        if unknown:
+            raise InvalidGenotype(f"genotype.hparams: {sorted(unknown)} cannot be applied; accepted: {sorted(HPARAM_FIELDS)}")
+        return replace(self, **{HPARAM_FIELDS[k]: v for k, v in hparams.items()})
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_acc: float
+    seconds: float
+    images_per_second: float
+
+
+@dataclass
+class TrainOutcome:
+    status: Literal["succeeded", "diverged", "stopped"]
+    reward: float  # final validation accuracy in [0, 1]; 0 when diverged
+    curve: list[EpochReport] = field(default_factory=list)
+    reason: Optional[str] = None
+    parameters: int = 0
+    multiply_adds: int = 0
+    seconds: float = 0.0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TrialInterrupted(Exception):
+    """Raised between batches when the trainer must hand the trial back (SIGTERM)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"training.device: {name!r} was asked for but no CUDA device is visible")
+    return device
+
+
+def _augment(x: torch.Tensor, mirror_ok: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random translation by up to H/8 pixels (pad and crop) and, where it keeps labels, flips."""
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None])[:, None, None, :].expand(n, x.shape[1], h, w)
+    out = out.gather(3, cols)
+    if mirror_ok:
+        flip = torch.rand(n, generator=gen, device=gen.device) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return out
+
+
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+              batch: int, amp: bool, memory_format: torch.memory_format) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for i in range(0, len(x), batch):
+            xb = x[i:i + batch].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            logits = model(xb)
+            correct += (logits.argmax(1) == y[i:i + batch].to(device)).sum().item()
+    return correct / max(1, len(x))
+
+
+def train_proxy(
+    genotype: dict,
+    data: Splits,
+    cfg: TrainConfig,
+    on_epoch: Optional[Callable[[EpochReport], bool]] = None,
+    interrupt: Optional[threading.Event] = None,
+) -> TrainOutcome:
+    """Train `genotype` on `data`; `on_epoch` returning False stops early (the
+    scheduler's stop signal); a set `interrupt` raises TrialInterrupted between batches."""
+    cfg = cfg.with_hparams(genotype.get("hparams", {}))
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model_cfg = ModelConfig(channels=cfg.channels, cells_per_stage=cfg.cells_per_stage,
+                            num_classes=data.num_classes, in_channels=data.input_shape[0],
+                            auxiliary=cfg.auxiliary, drop_path=cfg.drop_path)
+    model = build_model(genotype, model_cfg)
+    params = count_parameters(model)
+    madds = multiply_adds(model, data.input_shape)
+    cuda = device.type == "cuda"
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+
+    # Keep the whole dataset on the GPU when it takes under a quarter of free memory.
+    train_x, train_y, val_x, val_y = data.train_x, data.train_y, data.val_x, data.val_y
+    if cuda:
+        free, _ = torch.cuda.mem_get_info(device)
+        if (train_x.numel() + val_x.numel()) * 4 < free // 4:
+            train_x, train_y = train_x.to(device), train_y.to(device)
+            val_x, val_y = val_x.to(device), val_y.to(device)
+    gen = torch.Generator(device=train_x.device).manual_seed(cfg.seed)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    steps_per_epoch = max(1, math.ceil(len(train_x) / cfg.batch_size))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+
+    curve: list[EpochReport] = []
+    started = time.perf_counter()
+
+    def outcome(status, reward, reason=None) -> TrainOutcome:
+        return TrainOutcome(status=status, reward=reward, curve=curve, reason=reason, parameters=params,
+                            multiply_adds=madds, seconds=time.perf_counter() - started, device=str(device))
+
+    for epoch in range(cfg.epochs):
+        model.train()
+        if hasattr(model, "set_drop_path"):
+            model.set_drop_path(cfg.drop_path * epoch / max(1, cfg.epochs))  # ScheduledDropPath
+        epoch_start = time.perf_counter()
+        order = torch.randperm(len(train_x), generator=gen, device=gen.device)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for step in range(steps_per_epoch):
+            if interrupt is not None and interrupt.is_set():
+                raise TrialInterrupted(f"interrupted in epoch {epoch + 1}")
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            xb = train_x[idx.to(train_x.device)].to(device, non_blocking=True)
+            yb = train_y[idx.to(train_y.device)].to(device, non_blocking=True)
+            if cfg.augment:
+                xb = _augment(xb, data.mirror_ok, gen) if xb.device == gen.device else xb
+            xb = xb.contiguous(memory_format=memory_format)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                out = model(xb)
+                logits, aux = out if isinstance(out, tuple) else (out, None)
+                loss = F.cross_entropy(logits.float(), yb)
+                if aux is not None:
+                    loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux.float(), yb)
+            if not torch.isfinite(loss):
+                return outcome("diverged", 0.0, f"loss became {loss.item()} in epoch {epoch + 1}, step {step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(yb)
+            correct += (logits.argmax(1) == yb).sum().item()
+            seen += len(yb)
+        train_seconds = time.perf_counter() - epoch_start
+        val_acc = _accuracy(model, val_x, val_y, device, max(256, cfg.batch_size), cuda, memory_format)
+        report = EpochReport(epoch=epoch + 1, train_loss=loss_sum / seen, train_acc=correct / seen, val_acc=val_acc,
+                             seconds=time.perf_counter() - epoch_start, images_per_second=seen / train_seconds)
+        curve.append(report)
+        if on_epoch is not None and on_epoch(report) is False and epoch + 1 < cfg.epochs:
+            return outcome("stopped", val_acc, f"stopped by the scheduler after epoch {epoch + 1}")
+    return outcome("succeeded", curve[-1].val_acc if curve else 0.0)
