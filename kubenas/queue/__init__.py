@@ -1,0 +1,1 @@
+"""The trial queue protocol: Redis key names and message models (pure: no redis import here)."""
