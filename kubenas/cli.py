@@ -9,23 +9,33 @@ import sys
 
 # name -> (module with `add_arguments(parser)` and `run(args) -> int`, help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("kubenas.commands.bench", "benchmark search strategies on a tabular benchmark (NAS-Bench-201)"),
+    "crd": ("kubenas.commands.crd", "print the ArchitectureSearch CRD generated from the spec models"),
     "sample": ("kubenas.commands.genotypes", "print a random genotype of a search space as JSON"),
     "describe": ("kubenas.commands.genotypes", "validate a genotype; print its hash, parameters and multiply-adds"),
     "train": ("kubenas.commands.train", "train a genotype briefly (the proxy task) and print its validation accuracy"),
+    "export": ("kubenas.commands.export", "write the best model as TorchScript/ONNX for full training"),
+    "run": ("kubenas.commands.run", "run an ArchitectureSearch manifest on this machine (embedded Redis, controller, trainers)"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kubenas", description="Kubernetes-native neural architecture search")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text)
-    args, rest = parser.parse_known_args(argv)
-    module = importlib.import_module(COMMANDS[args.command][0])
-    command_parser = argparse.ArgumentParser(prog=f"kubenas {args.command}", description=COMMANDS[args.command][1])
-    module.add_arguments(args.command, command_parser)
-    command_args = command_parser.parse_args(rest)
-    return module.run(args.command, command_args)
+    argv = sys.argv[1:] if argv is None else argv
+    # Only the chosen command's module is imported (and so only it may load torch).
+    if not argv or argv[0] not in COMMANDS:
+        listing = "\n".join(f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items())
+        print(f"usage: kubenas COMMAND [ARGS]\n\nKubernetes-native neural architecture search.\n\ncommands:\n{listing}\n\n"
+              "kubenas COMMAND --help shows a command's options.", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"kubenas: error: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"kubenas {name}", description=help_text)
+    module.add_arguments(name, parser)
+    return module.run(name, parser.parse_args(rest))
 
 
 if __name__ == "__main__":

@@ -107,7 +107,9 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv_a = ReLUConvBN(c_in, c_out, 3, 2, 1)
         self.conv_b = ReLUConvBN(c_out, c_out, 3, 1, 1)
-        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(c_in, c_out, 1, bias=False))
+        # ceil_mode keeps odd sizes in step with the stride-2 conv above.
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+                                      nn.Conv2d(c_in, c_out, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_b(self.conv_a(x)) + self.shortcut(x)

@@ -131,7 +131,9 @@ class SearchSpace(ABC):
         return out
 
     def canonical(self, genotype: Genotype) -> str:
-        genotype = self.validate(genotype)
+        # Hyperparameters are hashed as given: which ones a search may set is checked
+        # by `validate` where genotypes enter a search, not here.
+        genotype = self.validate_architecture(genotype)
         hp = json.dumps(genotype["hparams"], sort_keys=True, separators=(",", ":"))
         return f"{self.name}:{self._canonical_cell(genotype)}|hp={hp}"
 

@@ -107,3 +107,11 @@ def test_concat_blocks_feed_later_blocks():
 def test_build_model_rejects_invalid_genotypes():
     with pytest.raises(InvalidGenotype, match="genotype.cell"):
         build_model({"space": "nasbench201", "cell": "|bogus~0|"})
+
+
+@pytest.mark.parametrize("space", sorted(SPACES))
+@pytest.mark.parametrize("size", [9, 15, 17])
+def test_odd_input_sizes_work_in_every_skeleton(space, size):
+    genotype = build_space(space).sample(__import__("random").Random(size))
+    model = build_model(genotype, ModelConfig(channels=4, cells_per_stage=1))
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 10)

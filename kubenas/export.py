@@ -1,0 +1,358 @@
+"""Write a genotype's network for full training elsewhere: TorchScript, ONNX, model.json.
+
+Size. NASNet names a network "N @ P": N normal cells per stage, P filters in the
+penultimate layer (NASNet-A 6 @ 768 on CIFAR-10). Here F is the first stage's
+filters; each reduction doubles it and the last cell concatenates its outputs, so
+
+    P = 4 * F * k,   k = outputs the cell concatenates (a concat block counts twice;
+                         DARTS: its 4 nodes; NAS-Bench-201: 1, its last node)
+
+and `channels_for_penultimate` inverts it. (The paper's NASNet-A also concatenates
+an unused cell input, k = 6, so its 6 @ 768 is N=6, F=32; this builder's NASNet-A
+has k = 5, so the same N and F give 6 @ 640.) A compound coefficient phi scales a
+base size the EfficientNet way (Tan & Le 2019): depth N * 1.2**phi rounded up,
+width F * 1.1**phi to a multiple of 4 (never more than 10% under), resolution
+H * 1.15**phi to a multiple of 4, reported as the suggested input size.
+
+Formats. TorchScript by `torch.jit.trace` of the eval-mode model (the cells loop
+over Python data, which `torch.jit.script` cannot compile; traced in eval mode
+they are static graphs, and batch and resolution stay free). ONNX by
+`torch.onnx.export` (batch free, resolution fixed at the export's input shape):
+the torch.export-based exporter when onnxscript is installed, otherwise the
+TorchScript-based one (deprecated since torch 2.9).
+Both files are inference graphs (batch norm uses running statistics, no drop
+path, no auxiliary head); to train, rebuild the network from model.json:
+`build_model(meta["genotype"], ModelConfig(**meta["model_config"]))`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import math
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kubenas.errors import KubenasError
+from kubenas.nn import ModelConfig, build_model, count_parameters, multiply_adds
+from kubenas.spaces import space_of
+from kubenas.spaces.nasnet import unused_blocks
+
+FORMATS = ("torchscript", "onnx", "both")
+# The sizes the spaces' papers train their final networks at: (N, F).
+DEFAULT_SIZE = {"nasnet": (6, 32), "darts": (6, 36), "nasbench201": (5, 16)}
+ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15  # EfficientNet's depth, width, resolution bases
+WIDTH_DIVISOR = 4
+TORCHSCRIPT_FILE, ONNX_FILE, METADATA_FILE = "model.torchscript.pt", "model.onnx", "model.json"
+GENOTYPE_FILE = "best_genotype.json"
+
+
+# --- size ----------------------------------------------------------------------------
+
+def penultimate_multiplier(genotype: dict) -> int:
+    """k in P = 4 F k: how many cell-widths the last cell concatenates."""
+    if genotype["space"] == "nasbench201":
+        return 1
+    blocks = genotype["normal"]
+    if genotype["space"] == "darts":
+        return len(blocks)
+    return sum(2 if blocks[b]["combine"] == "concat" else 1 for b in unused_blocks(blocks))
+
+
+def penultimate_filters(genotype: dict, channels: int) -> int:
+    return 4 * channels * penultimate_multiplier(genotype)
+
+
+def channels_for_penultimate(genotype: dict, filters: int) -> int:
+    """The F whose penultimate layer is closest to `filters` (exact when it divides)."""
+    return max(1, round(filters / (4 * penultimate_multiplier(genotype))))
+
+
+def round_width(value: float, divisor: int = WIDTH_DIVISOR) -> int:
+    """EfficientNet's rounding: nearest multiple of divisor, never 10% under."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def round_resolution(value: float) -> int:
+    """Nearest multiple of 4: the networks halve the resolution twice."""
+    return max(4, 4 * round(value / 4))
+
+
+@dataclass(frozen=True)
+class Size:
+    cells: int  # N, normal cells per stage
+    channels: int  # F, first stage's filters
+    phi: float
+    base_cells: int
+    base_channels: int
+    input_shape: tuple[int, int, int]  # what the graphs were exported (and costed) at
+    suggested_input_shape: tuple[int, int, int]  # the resolution phi calls for
+
+
+def compound_scale(cells: int, channels: int, phi: float, input_shape: tuple[int, int, int]) -> Size:
+    """N and F scaled by phi (depth x1.2**phi up, width x1.1**phi); phi 0 keeps them as given."""
+    if not math.isfinite(phi) or phi < 0:
+        raise KubenasError(f"--phi: {phi} is not accepted; give a compound coefficient >= 0 (0 keeps N and F)")
+    c, h, w = input_shape
+    if phi == 0:
+        return Size(cells, channels, 0.0, cells, channels, input_shape, input_shape)
+    # The epsilon keeps 5 * 1.2 = 6.000000000000001 at 6.
+    scaled_cells = math.ceil(cells * ALPHA ** phi - 1e-9)
+    scaled_channels = round_width(channels * BETA ** phi)
+    suggested = (c, round_resolution(h * GAMMA ** phi), round_resolution(w * GAMMA ** phi))
+    return Size(scaled_cells, scaled_channels, float(phi), cells, channels, input_shape, suggested)
+
+
+def plan_size(genotype: dict, cells: int | None = None, channels: int | None = None,
+              penultimate: int | None = None, phi: float = 0.0,
+              input_shape: tuple[int, int, int] = (3, 32, 32)) -> Size:
+    """The base N and F (given, from a penultimate width, or the space's default), then phi."""
+    default_cells, default_channels = DEFAULT_SIZE[genotype["space"]]
+    if channels is not None and penultimate is not None:
+        raise KubenasError("--channels and --penultimate both set the width; give one of them")
+    if penultimate is not None:
+        if penultimate < 1:
+            raise KubenasError(f"--penultimate: {penultimate} is not accepted; give a number of filters >= 1")
+        channels = channels_for_penultimate(genotype, penultimate)
+    cells = default_cells if cells is None else cells
+    channels = default_channels if channels is None else channels
+    if cells < 1:
+        raise KubenasError(f"--cells: {cells} is not accepted; give N >= 1 normal cells per stage")
+    if channels < 2:
+        raise KubenasError(f"--channels: {channels} is not accepted; give F >= 2 filters")
+    shape = "x".join(map(str, input_shape))
+    if any(v < 1 for v in input_shape):
+        raise KubenasError(f"--input: {shape} is not accepted; every dimension must be >= 1")
+    return compound_scale(cells, channels, phi, input_shape)
+
+
+# --- where the genotype comes from ---------------------------------------------------
+
+def resolve_source(source: str, results_root: str | Path = "results") -> Path | str:
+    """A genotype JSON file, a results directory holding best_genotype.json, or a
+    search name looked up as RESULTS_ROOT/NAME/best_genotype.json ('-' is stdin)."""
+    if source == "-":
+        return source
+    path = Path(source)
+    if path.is_dir():
+        genotype = path / GENOTYPE_FILE
+        if not genotype.is_file():
+            raise KubenasError(f"{source}: a directory without {GENOTYPE_FILE}; give a genotype JSON file or the "
+                               "results directory of a search that has finished at least one trial")
+        return genotype
+    if path.is_file():
+        return path
+    named = Path(results_root) / source
+    if named.is_dir():
+        return resolve_source(str(named))
+    raise KubenasError(f"{source}: no such genotype file or results directory, and no search of that name "
+                       f"(looked for {named / GENOTYPE_FILE})")
+
+
+# --- formats -------------------------------------------------------------------------
+
+@contextmanager
+def _quiet():
+    """torch.jit and the ONNX exporters warn about their own deprecations and constant
+    folding; the export either works (and is checked) or fails with its error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path,
+                       extra_files: dict[str, str] | None = None) -> float:
+    """Trace the eval-mode model, save it, load it back and return the largest
+    difference of its logits from the eager model's on a fresh batch of another size."""
+    model.eval()
+    with _quiet(), torch.no_grad():
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files=extra_files or {})
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    probe = torch.randn(example.shape[0] + 1, *example.shape[1:])
+    with torch.no_grad():
+        return max_abs_diff(loaded(probe), model(probe))
+
+
+def onnx_exporter() -> str:
+    """'dynamo' (torch.export-based, needs onnxscript) where it can run, else 'legacy'."""
+    has_dynamo = "dynamo" in inspect.signature(torch.onnx.export).parameters
+    return "dynamo" if has_dynamo and importlib.util.find_spec("onnxscript") is not None else "legacy"
+
+
+def _run_onnx_exporter(model: nn.Module, example: torch.Tensor, path: str | Path, exporter: str) -> None:
+    names = {"input_names": ["input"], "output_names": ["logits"]}
+    # The batch stays free; the resolution is fixed at --input (simpler graphs).
+    if exporter == "dynamo":
+        torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False, **names)
+    else:
+        kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+        axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
+        torch.onnx.export(model, (example,), str(path), dynamic_axes=axes, opset_version=17, **names, **kwargs)
+
+
+def _error_summary(exc: BaseException) -> str:
+    """One line from an exporter's error: its 'Exception summary' where it has one."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if "Exception summary" in text:
+        tail = text.split("Exception summary", 1)[1].split("(Refer", 1)[0]
+        text = " ".join(line.strip() for line in tail.splitlines() if line.strip())
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, exporter: str = "auto",
+                metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """Export, then check the file with onnx.checker and, where onnxruntime is
+    installed, compare its logits with the eager model's. Raises KubenasError
+    with the exporter's own message when the export fails."""
+    if importlib.util.find_spec("onnx") is None:
+        raise KubenasError("ONNX export needs the onnx package (pip install 'kubenas[controller]'); "
+                           "--format torchscript works without it")
+    import onnx
+
+    exporter = onnx_exporter() if exporter == "auto" else exporter
+    if exporter not in ("dynamo", "legacy"):
+        raise KubenasError(f"ONNX exporter {exporter!r} is not accepted; choose 'dynamo', 'legacy' or 'auto'")
+    model.eval()
+    try:
+        with _quiet():
+            _run_onnx_exporter(model, example, path, exporter)
+    except Exception as exc:  # the exporters raise many types; the user gets their message
+        raise KubenasError(f"ONNX export failed with torch {torch.__version__} ({exporter} exporter): "
+                           f"{_error_summary(exc)}") from None
+
+    proto = onnx.load(str(path))
+    for key, value in (metadata or {}).items():
+        proto.metadata_props.add(key=key, value=value)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise KubenasError(f"ONNX check failed for {path}: {str(exc).strip().splitlines()[0]}") from None
+    onnx.save(proto, str(path))
+    info: dict[str, Any] = {
+        "exporter": f"torch.onnx.export ({'torch.export-based' if exporter == 'dynamo' else 'TorchScript-based'})",
+        "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None),
+        "checker": "passed",
+        "input": f"batch free, resolution fixed at {'x'.join(map(str, example.shape[1:]))}",
+        "onnxruntime_max_abs_diff": None,
+    }
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        probe = torch.randn(example.shape[0] + 1, *example.shape[1:])
+        (out,) = session.run(["logits"], {"input": probe.numpy()})
+        with torch.no_grad():
+            diff = max_abs_diff(torch.from_numpy(out), model(probe))
+        if not diff <= 1e-3:
+            raise KubenasError(f"ONNX check failed: onnxruntime's logits differ from the model's by {diff:.3g}")
+        info["onnxruntime_max_abs_diff"] = diff
+    return info
+
+
+# --- the whole export ----------------------------------------------------------------
+
+def build(genotype: dict, size: Size, num_classes: int = 10, auxiliary: bool = False, drop_path: float = 0.0,
+          seed: int = 0) -> tuple[nn.Module, ModelConfig]:
+    """The network at this size, its weights drawn from `seed` (the global RNG is left alone)."""
+    if num_classes < 1:
+        raise KubenasError(f"--classes: {num_classes} is not accepted; give at least 1")
+    if not 0.0 <= drop_path < 1.0:
+        raise KubenasError(f"--drop-path: {drop_path} is not accepted; give a probability in [0, 1)")
+    cfg = ModelConfig(channels=size.channels, cells_per_stage=size.cells, num_classes=num_classes,
+                      in_channels=size.input_shape[0], auxiliary=auxiliary, drop_path=drop_path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(genotype, cfg)
+    return model.eval(), cfg
+
+
+def describe(genotype: dict, size: Size, model: nn.Module, cfg: ModelConfig, seed: int) -> dict[str, Any]:
+    """model.json without the files and checks: what the network is and costs."""
+    space = space_of(genotype)
+    penultimate = penultimate_filters(genotype, size.channels)
+    return {
+        "space": genotype["space"],
+        "architecture_hash": space.hash({**genotype, "hparams": {}}),
+        "genotype": genotype,
+        "cells_per_stage": size.cells,
+        "channels": size.channels,
+        "penultimate_filters": penultimate,
+        "size": f"{size.cells} @ {penultimate} (N @ penultimate filters, F={size.channels})",
+        "phi": size.phi,
+        "compound_scaling": {"alpha": ALPHA, "beta": BETA, "gamma": GAMMA, "base_cells": size.base_cells,
+                             "base_channels": size.base_channels, "width_divisor": WIDTH_DIVISOR},
+        "classes": cfg.num_classes,
+        "input_shape": list(size.input_shape),
+        "suggested_input_shape": list(size.suggested_input_shape),
+        "parameters": count_parameters(model),
+        "parameters_with_auxiliary": count_parameters(model, include_auxiliary=True),
+        "multiply_adds": multiply_adds(model, size.input_shape),
+        "model_config": asdict(cfg),
+        "seed": seed,
+        "torch_version": torch.__version__,
+        "graphs": "inference (eval mode: batch norm running statistics, no drop path, no auxiliary head); "
+                  "to train, rebuild with kubenas.nn.build_model(genotype, ModelConfig(**model_config))",
+    }
+
+
+def export(genotype: dict, output: str | Path, fmt: str, size: Size, num_classes: int = 10,
+           auxiliary: bool = False, drop_path: float = 0.0, seed: int = 0, source: str | None = None,
+           onnx_exporter_name: str = "auto") -> dict[str, Any]:
+    """Write the requested formats and model.json under `output`; returns model.json's content."""
+    if fmt not in FORMATS:
+        raise KubenasError(f"--format: {fmt!r} is not accepted; choose one of {list(FORMATS)}")
+    genotype = space_of(genotype).validate_architecture(genotype)
+    model, cfg = build(genotype, size, num_classes, auxiliary, drop_path, seed)
+    try:
+        meta = describe(genotype, size, model, cfg, seed)  # runs the network once
+    except RuntimeError as exc:
+        shape = "x".join(map(str, size.input_shape))
+        raise KubenasError(f"--input: the network cannot run on {shape}: {str(exc).splitlines()[0]}") from None
+    if source is not None:
+        meta["source"] = str(source)
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise KubenasError(f"--output: {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    embedded = json.dumps(meta, sort_keys=True)
+    example = torch.randn(2, *size.input_shape)
+    meta["files"] = {}
+    if fmt in ("torchscript", "both"):
+        diff = export_torchscript(model, example, out / TORCHSCRIPT_FILE, {METADATA_FILE: embedded})
+        if not diff <= 1e-4:
+            raise KubenasError(f"TorchScript check failed: reloaded logits differ from the model's by {diff:.3g}")
+        meta["files"]["torchscript"] = TORCHSCRIPT_FILE
+        meta["torchscript"] = {"method": "torch.jit.trace in eval mode", "reload_max_abs_diff": diff}
+    if fmt in ("onnx", "both"):
+        try:
+            meta["onnx"] = export_onnx(model, example, out / ONNX_FILE, onnx_exporter_name, {"kubenas": embedded})
+        except KubenasError as exc:
+            if not meta["files"]:
+                raise
+            _write_metadata(out, meta)
+            raise KubenasError(f"{exc} ({', '.join(meta['files'].values())} written to {out})") from None
+        meta["files"]["onnx"] = ONNX_FILE
+    _write_metadata(out, meta)
+    return meta
+
+
+def _write_metadata(out: Path, meta: dict[str, Any]) -> None:
+    meta["files"]["metadata"] = METADATA_FILE
+    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
