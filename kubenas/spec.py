@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from kubenas.errors import InvalidSpec, describe_validation_error
 from kubenas.spaces.config import CamelModel, SearchSpaceSpec
@@ -27,6 +27,24 @@ API_VERSION = f"{GROUP}/{VERSION}"
 STRATEGY_NAMES = ("random", "ppo", "reinforce", "evolution", "local-search", "tpe", "bananas")
 DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(s|m|h|d))+$")
 ParamValue = Union[bool, int, float, str]
+QUANTITY = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$"
+# Extended resources (GPUs) are always domain-prefixed: nvidia.com/gpu, amd.com/gpu, gpu.intel.com/i915.
+RESOURCE_NAME = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]{2,}/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+
+
+def _number_to_quantity(value: Any) -> Any:
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+# A Kubernetes quantity, written as in a pod spec: cpu: 4, cpu: 500m, memory: 16Gi.
+# Numbers are accepted (as kubectl does) and kept as strings.
+Quantity = Annotated[
+    str,
+    BeforeValidator(_number_to_quantity),
+    Field(pattern=QUANTITY),
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": QUANTITY,
+                    "x-kubernetes-int-or-string": True}),
+]
 
 
 def parse_duration(text: str) -> float:
@@ -76,7 +94,8 @@ class ObjectiveSpec(CamelModel):
 
 class BudgetSpec(CamelModel):
     max_trials: int = Field(default=100, ge=1, le=1_000_000, description="Child networks to train.")
-    max_duration: Optional[str] = Field(default=None, description="Wall-clock limit such as 12h or 1h30m.")
+    max_duration: Optional[str] = Field(
+        default=None, pattern=DURATION.pattern, max_length=32, description="Wall-clock limit such as 12h or 1h30m.")
     max_failed_trials: int = Field(default=10, ge=0, le=1_000_000, description="Fail the search past this many failed trials.")
     parallelism: int = Field(default=2, ge=1, le=1024, description="Trainers (the scale subresource's replicas).")
 
@@ -95,7 +114,8 @@ class BudgetSpec(CamelModel):
 class DatasetSpec(CamelModel):
     name: Literal["digits", "cifar10", "cifar100", "npz"] = Field(
         default="digits", description="digits is bundled with scikit-learn (offline); npz is your own x/y arrays.")
-    root: Optional[str] = Field(default=None, description="Directory of the torchvision files, or the .npz file.")
+    root: Optional[str] = Field(
+        default=None, max_length=4096, description="Directory of the torchvision files, or the .npz file (inside the pod).")
     download: bool = Field(default=False, description="Download when missing (needs network access from the pods).")
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
     train_subset: Optional[int] = Field(default=None, ge=10, description="Train on only this many images (a cheaper proxy).")
@@ -117,54 +137,65 @@ class TrainingSpec(CamelModel):
 
 
 class Toleration(CamelModel):
-    key: Optional[str] = None
+    """A core/v1 Toleration."""
+
+    key: Optional[str] = Field(default=None, max_length=316)
     operator: Optional[Literal["Exists", "Equal"]] = None
-    value: Optional[str] = None
+    value: Optional[str] = Field(default=None, max_length=63)
     effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
     toleration_seconds: Optional[int] = None
 
 
 class EnvVar(CamelModel):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
     value: str = ""
 
 
 class ResourcesSpec(CamelModel):
-    requests: dict[str, str] = Field(default_factory=dict, description="e.g. cpu: '4', memory: 16Gi")
-    limits: dict[str, str] = Field(default_factory=dict)
+    requests: dict[str, Quantity] = Field(default_factory=dict, description="e.g. cpu: 4, memory: 16Gi")
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="e.g. memory: 32Gi (GPUs: use gpus)")
 
 
 class PodSettings(CamelModel):
-    image: Optional[str] = Field(default=None, description="Defaults to the operator's configured image.")
+    """Pod settings of the trainers or of the controller."""
+
+    image: Optional[str] = Field(default=None, max_length=512, description="Defaults to the operator's configured image.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    gpus: int = Field(default=0, ge=0, le=64, description="GPUs per pod, requested as gpuResourceName.")
-    gpu_resource_name: str = Field(default="nvidia.com/gpu", min_length=1)
+    gpus: int = Field(default=0, ge=0, le=64, description="GPUs per pod, requested as a limit of gpuResourceName.")
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu", min_length=1, max_length=253, pattern=RESOURCE_NAME,
+        description="The extended resource of the GPUs: nvidia.com/gpu, amd.com/gpu, ...")
     node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
     affinity: Optional[dict[str, Any]] = Field(default=None, description="A core/v1 Affinity, passed through.")
-    priority_class_name: Optional[str] = None
-    env: list[EnvVar] = Field(default_factory=list)
-    volumes: list[dict[str, Any]] = Field(default_factory=list, description="core/v1 Volumes, e.g. for datasets.")
-    volume_mounts: list[dict[str, Any]] = Field(default_factory=list, description="core/v1 VolumeMounts.")
+    priority_class_name: Optional[str] = Field(default=None, max_length=253)
+    env: list[EnvVar] = Field(default_factory=list, max_length=256)
+    volumes: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=64, description="core/v1 Volumes, e.g. a PersistentVolumeClaim with the dataset.")
+    volume_mounts: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=64, description="core/v1 VolumeMounts of the volumes, e.g. at training.dataset.root.")
 
 
 class SecretKeyRef(CamelModel):
-    name: str = Field(min_length=1)
-    key: str = Field(default="url", min_length=1)
+    name: str = Field(min_length=1, max_length=253, description="A Secret in the search's namespace.")
+    key: str = Field(default="url", min_length=1, max_length=253)
 
 
 class PersistenceSpec(CamelModel):
-    enabled: bool = False
-    size: str = "1Gi"
-    storage_class_name: Optional[str] = None
+    enabled: bool = Field(
+        default=False, description="Keep the search's state on PersistentVolumeClaims: Redis' append-only file "
+                                   "and the controller's checkpoint (otherwise both live as long as their pods).")
+    size: str = Field(default="1Gi", pattern=QUANTITY, max_length=64)
+    storage_class_name: Optional[str] = Field(default=None, max_length=253)
 
 
 class RedisSpec(CamelModel):
-    mode: Literal["managed", "external"] = "managed"
+    mode: Literal["managed", "external"] = Field(
+        default="managed", description="managed: the operator runs a Redis for this search; external: bring your own.")
     url_secret: Optional[SecretKeyRef] = Field(
         default=None, description="external: a Secret key holding redis[s]://[:password@]host:port/db.")
-    image: str = "redis:7.2-alpine"
+    image: str = Field(default="redis:7.2-alpine", max_length=512)
     persistence: PersistenceSpec = Field(default_factory=PersistenceSpec)
 
     @model_validator(mode="after")
@@ -180,9 +211,12 @@ class ArchitectureSearchSpec(CamelModel):
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-    trainer: PodSettings = Field(default_factory=PodSettings)
-    controller: PodSettings = Field(default_factory=PodSettings)
-    redis: RedisSpec = Field(default_factory=RedisSpec)
+    trainer: PodSettings = Field(
+        default_factory=PodSettings, description="The trainer pods (budget.parallelism of them): image, GPUs, scheduling.")
+    controller: PodSettings = Field(
+        default_factory=PodSettings, description="The controller pod (one, a Job): image, resources, scheduling.")
+    redis: RedisSpec = Field(
+        default_factory=RedisSpec, description="The Redis of the trial queue: managed by the operator, or external.")
     suspend: bool = Field(default=False, description="Stop handing out trials and scale trainers to zero; resumable.")
 
 
@@ -191,12 +225,12 @@ class ArchitectureSearchSpec(CamelModel):
 class Condition(CamelModel):
     """The metav1.Condition shape."""
 
-    type: str
+    type: str = Field(max_length=316)
     status: Literal["True", "False", "Unknown"]
-    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = ""
-    last_transition_time: str
-    observed_generation: Optional[int] = None
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", min_length=1, max_length=1024)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
+    observed_generation: Optional[int] = Field(default=None, ge=0)
 
 
 class TrialCounts(CamelModel):
@@ -209,6 +243,12 @@ class TrialCounts(CamelModel):
     deduplicated: int = 0
 
 
+class RecentTrial(CamelModel):
+    id: str
+    status: Literal["succeeded", "failed", "stopped"]
+    reward: Optional[float] = None
+
+
 class SearchSummary(CamelModel):
     """What the controller publishes and the operator copies into status (one writer)."""
 
@@ -219,13 +259,15 @@ class SearchSummary(CamelModel):
     finished: bool = False
     finish_reason: Optional[str] = None
     updated: Optional[str] = None
+    recent: list[RecentTrial] = Field(default_factory=list, max_length=10,
+                                      description="The last trials applied, newest last (bounded).")
 
 
 class ArchitectureSearchStatus(SearchSummary):
     phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"] = "Pending"
     conditions: list[Condition] = Field(default_factory=list)
-    start_time: Optional[str] = None
-    completion_time: Optional[str] = None
+    start_time: Optional[str] = Field(default=None, json_schema_extra={"format": "date-time"})
+    completion_time: Optional[str] = Field(default=None, json_schema_extra={"format": "date-time"})
     observed_generation: Optional[int] = None
     replicas: int = Field(default=0, description="Ready trainers (the scale subresource's status).")
     selector: Optional[str] = Field(default=None, description="Label selector of the trainer pods.")
