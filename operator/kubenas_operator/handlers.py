@@ -237,11 +237,22 @@ def _write_status(runtime: Runtime, body: Any, obs: st.Observation) -> dict[str,
     current = body.get("status") or {}
     new = st.compute_status(current, obs)
     patch = st.status_patch(current, new)
+    meta = body["metadata"]
+    search = f"{meta['namespace']}/{meta['name']}"
     if patch:
-        meta = body["metadata"]
         runtime.kube.patch_search_status(meta["namespace"], meta["name"], patch)
-        metrics.OPERATOR_STATUS_WRITES.labels(f"{meta['namespace']}/{meta['name']}").inc()
+        metrics.OPERATOR_STATUS_WRITES.labels(search).inc()
+    _export_phase(search, new.get("phase"))
     return new
+
+
+PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+
+
+def _export_phase(search: str, phase: Optional[str]) -> None:
+    """kubenas_search_phase: 1 for the current phase (the search-failed alert reads it)."""
+    for name in PHASES:
+        metrics.SEARCH_PHASE.labels(search, name).set(1.0 if name == phase else 0.0)
 
 
 def _fresh(runtime: Runtime, ref: builders.SearchRef) -> Optional[dict[str, Any]]:
@@ -416,6 +427,12 @@ def reconcile(body: Any, reason: str, old: Any, new: Any, memo: Any, logger: log
 def forget(body: Any, memo: Any, **_: Any) -> None:
     """The children go with the search (ownerReferences); only the operator's memory is left."""
     _runtime(memo).forget(body["metadata"]["uid"])
+    search = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+    for name in PHASES:  # a deleted search leaves no phase series behind
+        try:
+            metrics.SEARCH_PHASE.remove(search, name)
+        except KeyError:
+            pass
 
 
 # --- the summary: Redis -> status ----------------------------------------------------------
