@@ -1,6 +1,68 @@
-"""Search strategies behind one ask/tell interface."""
+"""Search strategies behind one ask/tell interface.
 
-from kubenas.strategies.base import Result, Strategy, Trial
+`make_strategy(name, space, seed, **params)` builds any of `STRATEGIES`; the
+modules are imported on demand, so importing this package loads neither torch
+(the RL controller) nor Optuna (TPE).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from kubenas.errors import InvalidSpec
+from kubenas.spaces import SearchSpace
+from kubenas.strategies.base import Result, SearchExhausted, Strategy, Trial, Wrapper
 from kubenas.strategies.random_search import RandomSearch
 
-__all__ = ["Result", "Strategy", "Trial", "RandomSearch"]
+# name -> "module:Class"
+STRATEGIES: dict[str, str] = {
+    "random": "kubenas.strategies.random_search:RandomSearch",
+    "evolution": "kubenas.strategies.evolution:RegularizedEvolution",
+    "local-search": "kubenas.strategies.local_search:LocalSearch",
+    "tpe": "kubenas.strategies.tpe:TPE",
+    "ppo": "kubenas.strategies.ppo:PPO",
+    "reinforce": "kubenas.strategies.reinforce:Reinforce",
+    "gp-bo": "kubenas.strategies.gp_bo:GPBayesOpt",
+}
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    if name not in STRATEGIES:
+        raise InvalidSpec(f"strategy: {name!r} is not known; choose one of {sorted(STRATEGIES)}")
+    module, cls = STRATEGIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def strategy_parameters(name: str) -> dict[str, Any]:
+    """The parameters a strategy accepts, with their defaults."""
+    cls = strategy_class(name)
+    params: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        signature = inspect.signature(klass.__init__)
+        for p in list(signature.parameters.values())[1:]:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("space", "seed"):
+                params.setdefault(p.name, p.default)
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            break  # a subclass passing **kwargs on also accepts its parent's parameters
+    return params
+
+
+def make_strategy(name: str, space: SearchSpace, seed: int = 0, **params: Any) -> Strategy:
+    accepted = strategy_parameters(name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise InvalidSpec(f"strategy {name}: unknown parameter(s) {unknown}; accepted: {sorted(accepted) or 'none'}")
+    try:
+        return strategy_class(name)(space, seed=seed, **params)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSpec(f"strategy {name}: {exc}") from None
+
+
+__all__ = [
+    "STRATEGIES", "Result", "SearchExhausted", "Strategy", "Trial", "Wrapper", "RandomSearch",
+    "make_strategy", "strategy_class", "strategy_parameters",
+]

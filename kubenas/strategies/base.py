@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal, Optional
 
+from kubenas.errors import KubenasError
 from kubenas.spaces import Genotype, SearchSpace
 
 TrialStatus = Literal["succeeded", "failed", "stopped"]
@@ -51,6 +52,10 @@ class Result:
         return cls(**data)
 
 
+class SearchExhausted(KubenasError):
+    """No new trial can be proposed (the space is used up, or every proposal is rejected)."""
+
+
 def rng_state(rng: random.Random) -> list:
     version, internal, gauss = rng.getstate()
     return [version, list(internal), gauss]
@@ -59,6 +64,34 @@ def rng_state(rng: random.Random) -> list:
 def set_rng_state(rng: random.Random, state: list) -> None:
     version, internal, gauss = state
     rng.setstate((version, tuple(internal), gauss))
+
+
+def numpy_rng_state(rng: Any) -> dict:
+    """A numpy Generator's bit-generator state as JSON-safe data (ints stay exact)."""
+    return _jsonable(rng.bit_generator.state)
+
+
+def set_numpy_rng_state(rng: Any, state: dict) -> None:
+    rng.bit_generator.state = state
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    return value
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 32-bit seed from a seed and labels, stable across processes (no hash())."""
+    text = "/".join(str(p) for p in parts)
+    h = 2166136261
+    for byte in text.encode():
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return h
 
 
 class Strategy(ABC):
@@ -86,6 +119,16 @@ class Strategy(ABC):
             return  # unknown or already told: results are idempotent by trial id
         self._observe(trial, result)
 
+    def inject(self, genotype: Genotype, fidelity: Optional[int] = None) -> Trial:
+        """Register a trial this strategy did not propose (a warm start, or a
+        wrapper's fallback); its result is then told like any other."""
+        trial = self._new_trial(self.space.validate(genotype), fidelity)
+        self._injected(trial)
+        return trial
+
+    def _injected(self, trial: Trial) -> None:
+        """Hook for strategies that keep per-trial bookkeeping from `ask`."""
+
     @abstractmethod
     def _propose(self) -> Genotype:
         """One new genotype, from everything observed so far."""
@@ -110,3 +153,36 @@ class Strategy(ABC):
         set_rng_state(self.rng, state["rng"])
         self.next_id = state["next_id"]
         self.pending = {t["id"]: Trial.from_dict(t) for t in state["pending"]}
+
+
+class Wrapper(Strategy):
+    """A strategy around another one (dedup, constraints, multi-fidelity).
+
+    Trials keep the inner strategy's ids, so wrappers stack in any order and
+    the runtime never needs to know which wrappers are present.
+    """
+
+    def __init__(self, inner: Strategy):
+        super().__init__(inner.space, inner.seed)
+        self.inner = inner
+        self.name = f"{type(self).name}({inner.name})"
+
+    def _propose(self) -> Genotype:  # pragma: no cover - wrappers override ask
+        raise NotImplementedError
+
+    def _observe(self, trial: Trial, result: Result) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def inject(self, genotype: Genotype, fidelity: Optional[int] = None) -> Trial:
+        trial = self.inner.inject(genotype, fidelity)
+        self.pending[trial.id] = trial
+        return trial
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["inner"] = self.inner.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.inner.load_state_dict(state["inner"])

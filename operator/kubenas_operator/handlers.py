@@ -553,7 +553,10 @@ def poll(body: Any, memo: Any, logger: logging.Logger, **_: Any) -> None:
             if phase in st.TERMINAL:
                 if runtime.kube.delete("Deployment", ref.namespace, builders.trainer_name(ref.name)):
                     logger.info("search %s %s: trainers removed", search, phase)
-                runtime.cleaned.add(ref.uid)
+                if not new.get("replicas"):
+                    # Tidied only once status shows no trainer left: the poll that removed
+                    # them still counted them, and later polls stop at `cleaned`.
+                    runtime.cleaned.add(ref.uid)
                 if not was_terminal:
                     reason = new.get("finishReason") or phase
                     best = new.get("bestReward")

@@ -1,0 +1,1 @@
+"""The controller image's package: `python -m kubenas_controller --spec FILE ...`."""

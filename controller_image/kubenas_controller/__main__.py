@@ -1,0 +1,5 @@
+import sys
+
+from kubenas_controller.main import main
+
+sys.exit(main())

@@ -1,0 +1,118 @@
+"""Entrypoint of the controller image.
+
+    python -m kubenas_controller --spec /etc/kubenas/search.yaml --namespace NS --name NAME \
+        --redis-url redis://:PASSWORD@redis:6379/0 --checkpoint-dir /var/lib/kubenas
+
+The spec file is the ArchitectureSearch manifest (or just its `spec` section),
+mounted from a ConfigMap by the operator. The checkpoint directory should be
+a volume that outlives the pod (a PVC): it holds the strategy state and the
+log of every trial. SIGTERM stops after the current step, fully checkpointed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from pydantic import ValidationError
+
+from kubenas import metrics
+from kubenas.errors import InvalidSpec, KubenasError, describe_validation_error
+from kubenas.queue.keys import SearchKeys
+from kubenas.queue.redis_queue import connect, redact
+from kubenas.spec import KIND, ArchitectureSearchSpec, load_manifest
+
+log = logging.getLogger("kubenas.controller")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m kubenas_controller",
+                                description="kubenas controller: runs the strategy, fills the trial queue, "
+                                            "applies results, checkpoints, publishes the summary.")
+    p.add_argument("--spec", required=True, help="ArchitectureSearch manifest (YAML), or its spec section")
+    p.add_argument("--namespace", default=env("KUBENAS_NAMESPACE"), help="the search's namespace (default: the manifest's)")
+    p.add_argument("--name", default=env("KUBENAS_NAME"), help="the search's name (default: the manifest's)")
+    p.add_argument("--redis-url", default=env("KUBENAS_REDIS_URL", "redis://localhost:6379/0"),
+                   help="redis://[:password@]host:port/db or rediss:// (TLS); env KUBENAS_REDIS_URL; "
+                        "the password may come from KUBENAS_REDIS_PASSWORD")
+    p.add_argument("--checkpoint-dir", default=env("KUBENAS_CHECKPOINT_DIR", "/var/lib/kubenas"),
+                   help="a directory that outlives the process (a PVC in Kubernetes)")
+    p.add_argument("--metrics-port", type=int, default=int(env("KUBENAS_METRICS_PORT", "8080")),
+                   help="serve /metrics and /healthz here (0: any free port, -1: off)")
+    p.add_argument("--lease-seconds", type=float, default=30.0,
+                   help="a trial whose trainer stops heartbeating for this long goes to another trainer")
+    p.add_argument("--max-attempts", type=int, default=3, help="attempts per trial before it is failed (dead letter)")
+    p.add_argument("--prefetch", type=int, default=None, help="trials queued beyond parallelism (default 1 + parallelism/8)")
+    p.add_argument("--finish-grace", type=float, default=60.0,
+                   help="seconds a finishing search waits for running trials to stop")
+    p.add_argument("--no-fsync", action="store_true", help="do not fsync checkpoints (tests and benchmarks only)")
+    p.add_argument("--log-level", default=env("KUBENAS_LOG_LEVEL", "INFO"))
+    return p.parse_args(argv)
+
+
+def read_spec(path: str) -> tuple[ArchitectureSearchSpec, Optional[str], Optional[str]]:
+    """(spec, namespace, name) from a manifest, or (spec, None, None) from a bare spec section."""
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
+    except OSError as exc:
+        raise InvalidSpec(f"{path}: cannot read it: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidSpec(f"{path}: not valid YAML: {exc}") from None
+    if any(isinstance(d, dict) and d.get("kind") == KIND for d in docs):
+        manifest = load_manifest(path)
+        return manifest.spec, manifest.metadata.namespace, manifest.metadata.name
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise InvalidSpec(f"{path}: expected an ArchitectureSearch manifest or its spec section (a mapping)")
+    data = docs[0].get("spec", docs[0])
+    try:
+        return ArchitectureSearchSpec.model_validate(data), None, None
+    except ValidationError as exc:
+        raise InvalidSpec(f"{path}: {describe_validation_error(exc, 'spec')}") from None
+
+
+def setup_logging(level: str, process: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format=f"%(asctime)s {process} %(levelname)s %(message)s")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level, "controller")
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("received %s: stopping after this step", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        spec, namespace, name = read_spec(args.spec)
+        namespace = args.namespace or namespace or "default"
+        name = args.name or name
+        if not name:
+            raise InvalidSpec("--name is required when --spec holds only the spec section")
+        keys = SearchKeys(namespace, name)
+        client = connect(args.redis_url, client_name=f"kubenas-controller:{keys.search}")
+        from kubenas_controller.controller import Controller, Options
+
+        controller = Controller(spec, keys, client, args.checkpoint_dir, Options(
+            prefetch=args.prefetch, lease_seconds=args.lease_seconds, max_attempts=args.max_attempts,
+            finish_grace=args.finish_grace, fsync=not args.no_fsync), stopping=stopping)
+        server = metrics.serve(args.metrics_port, controller.healthy)
+        if server is not None:
+            log.info("metrics and health on port %d", server.server_address[1])
+        log.info("search %s: %s strategy, %s space, redis %s, checkpoint %s", keys.search,
+                 controller.strategy.name, spec.search_space.type, redact(args.redis_url), args.checkpoint_dir)
+        return controller.run()
+    except KubenasError as exc:
+        log.error("%s", exc)
+        return 2

@@ -1,0 +1,137 @@
+"""The one seam between the spec and the strategy layer.
+
+Builds `spec.strategy` through the registry (`kubenas.strategies.make_strategy`)
+and stacks the wrappers the spec asks for:
+
+    MultiFidelity(            early stopping: median, asha, hyperband
+      Deduplicated(           unless strategy.repeatEvaluations
+        Constrained(          objective.constraints / objective.costPenalty
+          <algorithm>)))
+
+Manifests spell strategy parameters in camelCase (`sampleSize`); the registry
+takes snake_case keyword arguments: converted here, and only here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Optional
+
+from kubenas.errors import InvalidSpec
+from kubenas.spaces import SearchSpace
+from kubenas.spec import ArchitectureSearchSpec, DatasetSpec
+from kubenas.strategies.base import Strategy, Wrapper
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+# Spec cost names -> the keys of a cost dict (estimated by the controller, measured by trainers).
+COST_KEYS = {"parameters": "params", "multiplyAdds": "multiply_adds", "latencySeconds": "latency_seconds"}
+
+
+def snake_case(name: str) -> str:
+    return _CAMEL.sub(r"_\1", name).lower()
+
+
+def strategy_kwargs(parameters: dict[str, Any]) -> dict[str, Any]:
+    return {snake_case(k): v for k, v in parameters.items()}
+
+
+def fingerprint(spec: ArchitectureSearchSpec) -> str:
+    """What a checkpoint's strategy state depends on: resuming under another value is refused."""
+    parts = {
+        "searchSpace": spec.search_space.model_dump(mode="json", by_alias=True),
+        "strategy": spec.strategy.model_dump(mode="json", by_alias=True),
+        "seed": spec.training.seed,
+        "earlyStopping": spec.training.early_stopping.model_dump(mode="json", by_alias=True),
+        "constraints": spec.objective.constraints.model_dump(mode="json", by_alias=True),
+        "costPenalty": spec.objective.cost_penalty.model_dump(mode="json", by_alias=True)
+        if spec.objective.cost_penalty else None,
+    }
+    if spec.training.early_stopping.algorithm != "none":
+        parts["epochs"] = spec.training.epochs
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dataset_shape(dataset: DatasetSpec) -> tuple[tuple[int, int, int], int]:
+    """(input shape, classes) of a dataset, without loading it (npz: read the array headers)."""
+    if dataset.name == "digits":
+        return (1, 8, 8), 10
+    if dataset.name in ("cifar10", "cifar100"):
+        return (3, 32, 32), 10 if dataset.name == "cifar10" else 100
+    import numpy as np
+
+    try:
+        with np.load(dataset.root, allow_pickle=False, mmap_mode="r") as archive:
+            shape = archive["x"].shape
+            classes = int(np.max(archive["y"])) + 1
+    except Exception as exc:  # noqa: BLE001 - named in the message
+        raise InvalidSpec(f"training.dataset.root: cannot read {dataset.root!r} to size the constraints: {exc}") from None
+    if len(shape) == 3:
+        return (1, shape[1], shape[2]), classes
+    if shape[-1] in (1, 3) and shape[1] not in (1, 3):
+        return (shape[3], shape[1], shape[2]), classes
+    return (shape[1], shape[2], shape[3]), classes
+
+
+def build_strategy(spec: ArchitectureSearchSpec, space: SearchSpace) -> Strategy:
+    from kubenas.strategies import make_strategy
+
+    strategy = make_strategy(spec.strategy.algorithm, space, seed=spec.training.seed,
+                             **strategy_kwargs(spec.strategy.parameters))
+
+    limits: dict[str, float] = {}
+    if spec.objective.constraints.max_parameters is not None:
+        limits["params"] = spec.objective.constraints.max_parameters
+    if spec.objective.constraints.max_multiply_adds is not None:
+        limits["multiply_adds"] = spec.objective.constraints.max_multiply_adds
+    penalty = spec.objective.cost_penalty
+    if limits or penalty is not None:
+        from kubenas.strategies.constraints import Constrained, SoftCost, torch_cost_fn
+
+        shape, classes = dataset_shape(spec.training.dataset)
+        cost_fn = torch_cost_fn(shape, channels=spec.training.channels,
+                                cells_per_stage=spec.training.cells_per_stage, num_classes=classes,
+                                in_channels=shape[0])
+        soft = None
+        if penalty is not None:
+            soft = SoftCost(COST_KEYS[penalty.metric], penalty.target, alpha=penalty.weight, beta=penalty.weight)
+        strategy = Constrained(strategy, cost_fn, limits=limits, soft=soft)
+
+    from kubenas.strategies.dedup import Deduplicated
+
+    strategy = Deduplicated(strategy, repeat=spec.strategy.repeat_evaluations)
+
+    es = spec.training.early_stopping
+    if es.algorithm != "none":
+        from kubenas.strategies.multifidelity import ASHA, MedianStopping, MultiFidelity, rung_epochs
+
+        epochs = spec.training.epochs
+        min_epochs = min(es.min_epochs, epochs)
+        try:
+            if es.algorithm == "median":
+                scheduler = MedianStopping(epochs, min_trials=es.min_trials, start_epoch=min_epochs)
+            else:
+                brackets = 1
+                if es.algorithm == "hyperband":
+                    brackets = len(rung_epochs(min_epochs, epochs, es.reduction_factor))
+                scheduler = ASHA(epochs, min_epochs=min_epochs, eta=es.reduction_factor, brackets=brackets)
+        except ValueError as exc:
+            raise InvalidSpec(f"training.earlyStopping: {exc}") from None
+        strategy = MultiFidelity(strategy, scheduler)
+    return strategy
+
+
+def find_layer(strategy: Strategy, name: str) -> Optional[Strategy]:
+    """The wrapper (or strategy) called `name` in the stack, if present."""
+    layer: Optional[Strategy] = strategy
+    while layer is not None:
+        if type(layer).name == name:
+            return layer
+        layer = layer.inner if isinstance(layer, Wrapper) else None
+    return None
+
+
+def measures_latency(spec: ArchitectureSearchSpec) -> bool:
+    return spec.objective.cost_penalty is not None and spec.objective.cost_penalty.metric == "latencySeconds"

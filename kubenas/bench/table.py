@@ -1,0 +1,128 @@
+"""Tabular benchmarks: one row per architecture with its validation and test accuracy.
+
+A table is a CSV with the columns `cellstr`, `val_acc` and `test_acc` (more
+columns are ignored). `cellstr` is a NAS-Bench-201 cell string
+(`|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`) or a genotype as JSON (any space of
+kubenas, named by its `space` field). The search space is the one the cells
+belong to; for NAS-Bench-201 strings, restricted to the operations that occur.
+Rows are keyed by the space's canonical hash, so the harness looks results up
+the same way the dedup layer recognises repeats.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from kubenas.errors import DatasetError, InvalidGenotype
+from kubenas.spaces import Genotype, SearchSpace, build_space, space_of
+from kubenas.spaces.nasbench201 import NB201_OPERATIONS, parse_cellstr
+
+REQUIRED = ("cellstr", "val_acc", "test_acc")
+
+
+@dataclass
+class Entry:
+    cellstr: str
+    val_acc: float
+    test_acc: float
+
+
+class Table:
+    def __init__(self, path: str, space: SearchSpace, entries: dict[str, Entry]):
+        self.path = path
+        self.space = space
+        self.entries = entries  # space hash -> entry
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def lookup(self, genotype: Genotype) -> Optional[Entry]:
+        return self.entries.get(self.space.hash(genotype))
+
+    @property
+    def best_val(self) -> Entry:
+        return max(self.entries.values(), key=lambda e: e.val_acc)
+
+
+def _number(text: str, column: str, line: int, path: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path}, line {line}: {column} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise DatasetError(f"{path}, line {line}: {column} must be finite, got {text!r}")
+    return value
+
+
+def load_table(path: str | Path) -> Table:
+    """Read and check a benchmark table; errors name the file, line and column."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise DatasetError(f"{path}: no such file (a CSV with columns {', '.join(REQUIRED)})")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in REQUIRED if c not in header]
+            if missing:
+                raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; the header must name "
+                                   f"{', '.join(REQUIRED)} (found {', '.join(header) or 'no header'})")
+            raw = []
+            for line, row in enumerate(reader, start=2):
+                if None in row or any(row.get(c) is None for c in REQUIRED):
+                    raise DatasetError(f"{path}, line {line}: expected {len(header)} fields as in the header")
+                raw.append((line, row["cellstr"].strip(), _number(row["val_acc"], "val_acc", line, path),
+                            _number(row["test_acc"], "test_acc", line, path)))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: not a readable CSV ({exc})") from None
+    if not raw:
+        raise DatasetError(f"{path}: the table has a header but no rows")
+
+    json_cells = raw[0][1].startswith("{")
+    if json_cells:
+        space = _json_space(raw, path)
+    else:
+        used = set()
+        for line, cell, _, _ in raw:
+            try:
+                used.update(parse_cellstr(cell))
+            except InvalidGenotype as exc:
+                raise DatasetError(f"{path}, line {line}: cellstr is not a NAS-Bench-201 cell string nor a JSON "
+                                   f"genotype: {exc}") from None
+        space = build_space({"type": "nasbench201", "operations": [op for op in NB201_OPERATIONS if op in used]})
+
+    entries: dict[str, Entry] = {}
+    first_line: dict[str, int] = {}
+    for line, cell, val, test in raw:
+        try:
+            genotype = space.from_json(cell) if json_cells else {"space": space.name, "cell": cell, "hparams": {}}
+            key = space.hash(genotype)
+        except InvalidGenotype as exc:
+            raise DatasetError(f"{path}, line {line}: {exc}") from None
+        if key in entries:
+            raise DatasetError(f"{path}, line {line}: the same architecture as line {first_line[key]}; "
+                               "each architecture may appear once")
+        entries[key] = Entry(cell, val, test)
+        first_line[key] = line
+    return Table(path, space, entries)
+
+
+def _json_space(raw: list, path: str) -> SearchSpace:
+    line, cell = raw[0][0], raw[0][1]
+    try:
+        genotype = json.loads(cell)
+        space = space_of(genotype)
+    except (json.JSONDecodeError, InvalidGenotype) as exc:
+        raise DatasetError(f"{path}, line {line}: cellstr is neither a NAS-Bench-201 cell string nor a "
+                           f"genotype as JSON: {exc}") from None
+    if genotype.get("hparams"):
+        raise DatasetError(f"{path}, line {line}: tables of genotypes with hyperparameters are not supported "
+                           "(the harness cannot know their ranges)")
+    return build_space(space.name)

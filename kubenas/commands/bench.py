@@ -1,0 +1,110 @@
+"""`kubenas bench strategies`: search strategies side by side on a tabular benchmark.
+
+    kubenas bench strategies --table cifar10-12epoch.csv --budget 100 --workers 8 --seeds 50 \\
+        --strategies random,evolution,local-search,tpe,gp-bo --param evolution.population=10
+
+Prints one markdown table per budget: one row per strategy, the test accuracy
+(mean±sd over seeds) of the architecture with the best validation accuracy
+each search saw. `name@tag` runs a strategy a second time under another label
+(`--strategies tpe,tpe@independent --param tpe@independent.multivariate=false`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from kubenas.errors import KubenasError
+
+SUBCOMMANDS = ("strategies",)
+
+
+def add_arguments(command_name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=SUBCOMMANDS, help="what to benchmark")
+    parser.add_argument("--table", required=True, help="CSV with columns cellstr, val_acc, test_acc")
+    parser.add_argument("--budget", default="100",
+                        help="trained children per search; a comma list prints one table each (default 100)")
+    parser.add_argument("--workers", type=int, default=8, help="simulated parallel trainers (default 8)")
+    parser.add_argument("--seeds", type=int, default=50, help="searches per strategy (default 50)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
+    parser.add_argument("--strategies", default=None,
+                        help="comma-separated names (default: every registered strategy)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE",
+                        help="a strategy parameter, VALUE read as JSON when it parses (repeatable)")
+    parser.add_argument("--processes", type=int, default=2, help="local worker processes (default 2)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write every run's numbers here")
+
+
+def parse_params(items: list[str], labels: list[str]) -> dict[str, dict]:
+    params: dict[str, dict] = {label: {} for label in labels}
+    for item in items:
+        target, eq, raw = item.partition("=")
+        label, dot, key = target.rpartition(".")
+        if not eq or not dot or not label or not key:
+            raise KubenasError(f"--param {item!r}: expected NAME.KEY=VALUE, e.g. evolution.population=10")
+        if label not in params:
+            raise KubenasError(f"--param {item!r}: {label!r} is not among the strategies run ({', '.join(labels)})")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        params[label][key] = value
+    return params
+
+
+def run(command_name: str, args: argparse.Namespace) -> int:
+    from kubenas.bench import Spec, load_table, markdown, run_benchmark, summarize
+    from kubenas.strategies import STRATEGIES, strategy_parameters
+
+    try:
+        budgets = [int(b) for b in str(args.budget).split(",")]
+        if any(b < 1 for b in budgets):
+            raise ValueError
+    except ValueError:
+        print(f"kubenas bench: --budget: expected positive integers, got {args.budget!r}", file=sys.stderr)
+        return 2
+    for flag in ("workers", "seeds", "processes"):
+        if getattr(args, flag) < 1:
+            print(f"kubenas bench: --{flag}: must be at least 1 (got {getattr(args, flag)})", file=sys.stderr)
+            return 2
+    labels = [s.strip() for s in args.strategies.split(",")] if args.strategies else list(STRATEGIES)
+    try:
+        if len(set(labels)) != len(labels):
+            raise KubenasError(f"--strategies: a label appears twice in {labels}; use name@tag for variants")
+        params = parse_params(args.param, labels)
+        specs = [Spec(label, params[label]) for label in labels]
+        for spec in specs:  # unknown names and parameters fail before any run
+            accepted = strategy_parameters(spec.name)
+            unknown = sorted(set(spec.params) - set(accepted))
+            if unknown:
+                raise KubenasError(f"--param: {spec.label} has no parameter {unknown}; accepted: "
+                                   f"{sorted(accepted) or 'none'}")
+        table = load_table(args.table)
+    except KubenasError as exc:
+        print(f"kubenas bench: {exc}", file=sys.stderr)
+        return 2
+
+    top = table.best_val
+    print(f"table {args.table}: {len(table)} architectures, space {table.space.name}; "
+          f"best val_acc {top.val_acc:g} has test_acc {top.test_acc:g}")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    dump = []
+    for budget in budgets:
+        start = time.perf_counter()
+        try:
+            results = run_benchmark(args.table, specs, seeds, budget, args.workers, args.processes)
+        except KubenasError as exc:
+            print(f"kubenas bench: {exc}", file=sys.stderr)
+            return 1
+        rows = summarize(results, labels)
+        print(f"\n{budget} queries, {args.workers} asynchronous workers, {args.seeds} seeds "
+              f"(test_acc of the best-val architecture seen; {time.perf_counter() - start:.0f}s)\n")
+        print(markdown(rows), flush=True)
+        dump.append({"budget": budget, "workers": args.workers, "summary": rows,
+                     "runs": [r.__dict__ for r in results]})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"table": args.table, "params": params, "results": dump}, f, indent=1)
+    return 0

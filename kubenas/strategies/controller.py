@@ -1,0 +1,183 @@
+"""The NASNet controller (Zoph et al. 2018): an LSTM that samples a space's
+decisions one after another, trained by policy gradient on child rewards.
+
+One LSTM cell (100 hidden units by default) runs over the decision sequence;
+step t reads the embedding of the choice made at step t-1 (a learned start
+vector at t=0) and a softmax head of its own picks decision t (heads differ in
+size: operations, inputs, combines, numeric bins). For nasnet that is, block
+by block and for both cells, input_a, input_b, op_a, op_b, combine.
+
+Rewards arrive asynchronously: each is turned into an advantage against an
+exponential moving average baseline when it arrives and buffered; every
+`batch` buffered architectures make one update (PPO or REINFORCE, see the
+subclasses). Log-probabilities are stored at sampling time for PPO's ratio.
+
+This module imports torch; `kubenas.strategies` imports it only on demand.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from kubenas.spaces import Genotype, SearchSpace
+from kubenas.strategies.base import Result, Strategy, Trial
+from kubenas.strategies.encoding import Encoding
+
+
+class ControllerLSTM(nn.Module):
+    def __init__(self, sizes: list[int], hidden: int = 100):
+        super().__init__()
+        self.sizes = list(sizes)
+        self.start = nn.Parameter(torch.zeros(1, hidden))
+        self.embeddings = nn.ModuleList(nn.Embedding(n, hidden) for n in self.sizes)
+        self.cell = nn.LSTMCell(hidden, hidden)
+        self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in self.sizes)
+
+    def reset_parameters(self, generator: torch.Generator, scale: float = 0.1) -> None:
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.rand(p.shape, generator=generator) * 2 * scale - scale)
+
+    def forward(self, batch: int, actions: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample `batch` sequences (or score the given (batch, T) `actions`).
+
+        Returns actions (batch, T), their log-probabilities (batch,) and the
+        summed per-step entropies (batch,).
+        """
+        x = self.start.expand(batch, -1)
+        state = None
+        chosen, logps, entropies = [], [], []
+        for t, head in enumerate(self.heads):
+            state = self.cell(x, state)
+            log_probs = torch.log_softmax(head(state[0]), dim=-1)
+            if actions is None:
+                a = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
+            else:
+                a = actions[:, t]
+            chosen.append(a)
+            logps.append(log_probs.gather(1, a[:, None]).squeeze(1))
+            entropies.append(-(log_probs.exp() * log_probs).sum(-1))
+            x = self.embeddings[t](a)
+        return torch.stack(chosen, 1), torch.stack(logps, 1).sum(1), torch.stack(entropies, 1).sum(1)
+
+
+class PolicyGradient(Strategy):
+    """The controller's shared machinery; subclasses define the loss."""
+
+    def __init__(self, space: SearchSpace, seed: int = 0, hidden: int = 100, lr: float = 3.5e-4,
+                 entropy_weight: float = 1e-5, baseline_decay: float = 0.95, batch: int = 20):
+        super().__init__(space, seed)
+        if batch < 1:
+            raise ValueError(f"{self.name}: batch must be >= 1 (got {batch})")
+        self.encoding = Encoding(space)
+        self.entropy_weight = entropy_weight
+        self.baseline_decay = baseline_decay
+        self.batch = batch
+        self.generator = torch.Generator().manual_seed(seed)
+        self.model = ControllerLSTM(self.encoding.sizes, hidden)
+        self.model.reset_parameters(self.generator)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.baseline: Optional[float] = None
+        self.meta: dict[str, dict[str, Any]] = {}  # trial id -> sampled actions and log-prob
+        self.buffer: list[dict[str, Any]] = []  # finished, waiting for a full minibatch
+        self.updates = 0
+
+    # --- proposing -------------------------------------------------------------
+    def ask(self, n: int = 1) -> list[Trial]:
+        if n <= 0:
+            return []
+        with torch.no_grad():
+            actions, logp, _ = self.model(n, generator=self.generator)
+        trials = []
+        for a, lp in zip(actions.tolist(), logp.tolist()):
+            trial = self._new_trial(self.encoding.genotype(a))
+            self.meta[trial.id] = {"actions": a, "logp": lp}
+            trials.append(trial)
+        return trials
+
+    def _propose(self) -> Genotype:  # pragma: no cover - ask is overridden
+        raise NotImplementedError
+
+    def _injected(self, trial: Trial) -> None:
+        actions = self.encoding.indices(trial.genotype)
+        with torch.no_grad():
+            _, logp, _ = self.model(1, actions=torch.tensor([actions]))
+        self.meta[trial.id] = {"actions": actions, "logp": float(logp[0])}
+
+    # --- learning --------------------------------------------------------------
+    def _observe(self, trial: Trial, result: Result) -> None:
+        meta = self.meta.pop(trial.id, None)
+        if meta is None or result.reward is None:
+            return  # failed children teach nothing (NASNet drops them too)
+        reward = float(result.reward)
+        if self.baseline is None:
+            self.baseline = reward
+        else:
+            self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * reward
+        self.buffer.append({**meta, "reward": reward, "advantage": reward - self.baseline})
+        while len(self.buffer) >= self.batch:
+            minibatch, self.buffer = self.buffer[: self.batch], self.buffer[self.batch:]
+            self._update(minibatch)
+            self.updates += 1
+
+    def _update(self, minibatch: list[dict[str, Any]]) -> None:
+        actions = torch.tensor([m["actions"] for m in minibatch])
+        old_logp = torch.tensor([m["logp"] for m in minibatch])
+        advantage = torch.tensor([m["advantage"] for m in minibatch])
+        for _ in range(self._steps_per_update()):
+            _, logp, entropy = self.model(len(minibatch), actions=actions)
+            loss = self._loss(logp, old_logp, advantage) - self.entropy_weight * entropy.mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+
+    def _steps_per_update(self) -> int:
+        return 1
+
+    def _loss(self, logp: torch.Tensor, old_logp: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- state -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        opt = self.optimizer.state_dict()
+        state.update(
+            model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            optimizer={
+                "state": [[int(k), {n: (t.clone() if torch.is_tensor(t) else t) for n, t in v.items()}]
+                          for k, v in sorted(opt["state"].items())],
+                "param_groups": [_plain(g) for g in opt["param_groups"]],
+            },
+            generator=self.generator.get_state(),
+            baseline=self.baseline,
+            meta=[[k, {"actions": list(v["actions"]), "logp": v["logp"]}] for k, v in self.meta.items()],
+            buffer=[dict(b, actions=list(b["actions"])) for b in self.buffer],
+            updates=self.updates,
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.model.load_state_dict(state["model"])
+        groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else dict(g)
+                  for g in state["optimizer"]["param_groups"]]
+        self.optimizer.load_state_dict({"state": {k: dict(v) for k, v in state["optimizer"]["state"]},
+                                        "param_groups": groups})
+        self.generator.set_state(state["generator"])
+        self.baseline = state["baseline"]
+        self.meta = {k: {"actions": list(v["actions"]), "logp": float(v["logp"])} for k, v in state["meta"]}
+        self.buffer = [dict(b, actions=list(b["actions"])) for b in state["buffer"]]
+        self.updates = state["updates"]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so optimizer settings are JSON-safe."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

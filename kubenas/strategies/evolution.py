@@ -1,0 +1,57 @@
+"""Regularized (aging) evolution (Real et al. 2019, AmoebaNet).
+
+The population is the `population` most recently finished trials. A new
+trial mutates the best of `sample` members drawn at random; the oldest member
+dies when a new one arrives, whatever its reward. Until `population` trials
+have been proposed (or while no result is in yet), proposals are random.
+Asynchronous by nature: results join the population in completion order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubenas.spaces import Genotype, SearchSpace
+from kubenas.strategies.base import Result, Strategy, Trial
+from kubenas.strategies.encoding import Encoding
+
+
+class RegularizedEvolution(Strategy):
+    name = "evolution"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, population: int = 100, sample: int = 25):
+        super().__init__(space, seed)
+        if population < 1 or not 1 <= sample <= population:
+            raise ValueError(f"evolution: need population >= 1 and 1 <= sample <= population "
+                             f"(got population={population}, sample={sample})")
+        self.population_size = population
+        self.sample_size = sample
+        self.encoding = Encoding(space)
+        self.population: list[tuple[list[int], float]] = []  # oldest first
+        self.proposed = 0
+
+    def _propose(self) -> Genotype:
+        self.proposed += 1
+        if self.proposed <= self.population_size or not self.population:
+            return self.encoding.genotype(self.encoding.random(self.rng))
+        k = min(self.sample_size, len(self.population))
+        contenders = self.rng.sample(range(len(self.population)), k)
+        parent = max(contenders, key=lambda i: (self.population[i][1], -i))
+        return self.encoding.genotype(self.encoding.mutate(self.population[parent][0], self.rng))
+
+    def _observe(self, trial: Trial, result: Result) -> None:
+        if result.reward is None:
+            return  # a failed child does not join the population
+        self.population.append((self.encoding.indices(trial.genotype), float(result.reward)))
+        if len(self.population) > self.population_size:
+            self.population.pop(0)  # aging: the oldest dies
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(population=[[list(ind), r] for ind, r in self.population], proposed=self.proposed)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.population = [(list(ind), float(r)) for ind, r in state["population"]]
+        self.proposed = state["proposed"]

@@ -1,0 +1,89 @@
+"""Local search (White et al. 2021, "Local search is state of the art for NAS benchmarks").
+
+Hill climbing on the one-change neighbourhood: evaluate the neighbours of the
+current architecture in random order and move to the first one that beats
+it; at a local optimum (every neighbour evaluated, none better), restart from
+a random architecture. Asynchronous: an improving result arriving at any time
+moves the centre, and the queue is rebuilt from the new centre's neighbours.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from kubenas.spaces import Genotype, SearchSpace
+from kubenas.strategies.base import Result, Strategy, Trial
+from kubenas.strategies.encoding import Encoding
+
+
+class LocalSearch(Strategy):
+    name = "local-search"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, initial: int = 1):
+        """`initial`: random architectures evaluated before the first climb starts."""
+        super().__init__(space, seed)
+        if initial < 1:
+            raise ValueError(f"local-search: initial must be >= 1 (got {initial})")
+        self.initial = initial
+        self.encoding = Encoding(space)
+        self.seen: set[tuple[int, ...]] = set()  # proposed index vectors
+        self.centre: Optional[list[int]] = None
+        self.centre_reward = float("-inf")
+        self.queue: list[list[int]] = []
+        self.to_start = initial  # random proposals still to make before/after a restart
+        self.restarts = 0
+
+    def _random_unseen(self) -> list[int]:
+        for _ in range(1000):
+            ind = self.encoding.random(self.rng)
+            if tuple(ind) not in self.seen:
+                return ind
+        return ind  # nearly exhausted space: a repeat (the dedup layer answers it)
+
+    def _propose(self) -> Genotype:
+        ind: Optional[list[int]] = None
+        if self.to_start > 0 or self.centre is None:
+            self.to_start = max(0, self.to_start - 1)
+        else:
+            while self.queue:
+                candidate = self.queue.pop()
+                if tuple(candidate) not in self.seen:
+                    ind = candidate
+                    break
+            else:
+                # Local optimum (or its last neighbours still training): restart.
+                self.restarts += 1
+                self.centre, self.centre_reward = None, float("-inf")
+                self.to_start = self.initial - 1
+        if ind is None:
+            ind = self._random_unseen()
+        self.seen.add(tuple(ind))
+        return self.encoding.genotype(ind)
+
+    def _observe(self, trial: Trial, result: Result) -> None:
+        if result.reward is None:
+            return
+        ind = self.encoding.indices(trial.genotype)
+        self.seen.add(tuple(ind))
+        if result.reward > self.centre_reward:
+            self.centre, self.centre_reward = ind, float(result.reward)
+            self.queue = [nb for nb in self.encoding.neighbours(ind) if tuple(nb) not in self.seen]
+            self.rng.shuffle(self.queue)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(
+            seen=sorted(list(s) for s in self.seen), centre=self.centre,
+            centre_reward=None if self.centre is None else self.centre_reward,
+            queue=self.queue, to_start=self.to_start, restarts=self.restarts,
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.seen = {tuple(s) for s in state["seen"]}
+        self.centre = state["centre"]
+        self.centre_reward = float("-inf") if state["centre_reward"] is None else float(state["centre_reward"])
+        self.queue = [list(q) for q in state["queue"]]
+        self.to_start = state["to_start"]
+        self.restarts = state["restarts"]

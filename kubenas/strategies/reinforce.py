@@ -1,0 +1,15 @@
+"""The NASNet controller trained with REINFORCE (Williams 1992) and the moving-average
+baseline, as in Zoph & Le 2017."""
+
+from __future__ import annotations
+
+import torch
+
+from kubenas.strategies.controller import PolicyGradient
+
+
+class Reinforce(PolicyGradient):
+    name = "reinforce"
+
+    def _loss(self, logp: torch.Tensor, old_logp: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
+        return -(logp * advantage).mean()

@@ -1,0 +1,1 @@
+"""The trainer image's package: `python -m kubenas_trainer --redis-url ... --namespace NS --name NAME`."""

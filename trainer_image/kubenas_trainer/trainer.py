@@ -1,0 +1,479 @@
+"""The trainer loop: claim a trial, train it, report progress and the result.
+
+Long-lived and pull-based: one process trains trial after trial. While a
+trial trains, a heartbeat thread keeps its lease alive and watches for a
+lost lease (another trainer took the trial over: abandon it) and for stop
+signals. Training itself runs in the main thread; the `interrupt` event makes
+`train_proxy` raise TrialInterrupted between batches, which is how SIGTERM
+hands a trial back at once (costing only the partial epoch).
+
+Outcomes:
+  succeeded / diverged (NaN: reward 0, the architecture's fault) / stopped
+      -> a result, counted once by the controller;
+  an invalid genotype -> failed at once (retrying cannot help);
+  any other exception (OOM, CUDA errors, I/O) -> the error is recorded and the
+      trial handed back for another attempt; past max_attempts it is
+      dead-lettered as failed with that last error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import redis
+from redis.exceptions import ResponseError
+
+from kubenas import metrics
+from kubenas.errors import InvalidGenotype
+from kubenas.queue.keys import SearchKeys
+from kubenas.queue.messages import ControlMessage, ProgressMessage, ResultMessage, TrialMessage, clip_error
+from kubenas.queue.redis_queue import RETRYABLE, Claim, Outage, Rejected, TrialQueue, is_transient
+
+log = logging.getLogger("kubenas.trainer")
+
+
+class TrialInterrupted(Exception):
+    """The fake-work path's twin of kubenas.training.TrialInterrupted (no torch import)."""
+
+
+@dataclass
+class Options:
+    consumer: str
+    lease_seconds: float = 30.0
+    heartbeat_seconds: Optional[float] = None  # default: a third of the lease
+    block_ms: int = 1000
+    device: str = "auto"
+    threads: Optional[int] = None
+    max_trials: Optional[int] = None  # exit after this many trials (tests, one-shot pods)
+    exit_when_done: bool = False  # exit once the search's summary says finished
+    fake_work: Optional[float] = None  # tests and benchmarks only: sleep this long instead of training
+    fake_fail: tuple[str, ...] = ()  # tests only: these trial ids raise an error in fake work
+
+
+@dataclass
+class Outcome:
+    status: str  # succeeded, diverged, stopped
+    reward: float
+    curve: list[float]
+    cost: dict[str, float]
+    epochs: int
+    device: str
+    reason: Optional[str] = None
+
+
+def fake_reward(genotype: dict) -> float:
+    """A reward that depends only on the genotype, in [0.1, 0.9] (fake work)."""
+    digest = hashlib.sha256(json.dumps(genotype, sort_keys=True).encode()).digest()
+    return 0.1 + 0.8 * int.from_bytes(digest[:4], "big") / 2 ** 32
+
+
+class Trainer:
+    def __init__(self, client: redis.Redis, keys: SearchKeys, options: Options):
+        self.keys = keys
+        self.search = keys.search
+        self.options = options
+        self.consumer = options.consumer
+        self.queue = TrialQueue(client, keys, lease_seconds=options.lease_seconds)
+        self.terminating = threading.Event()
+        self.closed = threading.Event()
+        self.current: Optional[Claim] = None
+        self.interrupt = threading.Event()  # replaced per trial
+        self.lost = threading.Event()
+        self.stop_control: Optional[ControlMessage] = None
+        self.trials_done = 0
+        self.last_beat = time.monotonic()
+        self._dataset_key: Optional[str] = None
+        self._dataset: Any = None
+        self._torch_ready = False
+        self._outage = Outage(log, on_error=metrics.REDIS_ERRORS.labels(self.search, "trainer").inc)
+        self._summary_at = 0.0
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.consumer}",
+                                           daemon=True)
+
+    # --- control from outside -----------------------------------------------------------
+    def terminate(self) -> None:
+        """SIGTERM: hand the current trial back at the next batch and exit."""
+        self.terminating.set()
+        self.interrupt.set()
+
+    def healthy(self) -> tuple[bool, str]:
+        alive = self._heartbeat.is_alive() or not self._heartbeat.ident
+        busy = f"training {self.current.trial.trial_id}" if self.current else "idle"
+        return alive, f"{'ok' if alive else 'heartbeat thread died'}: {busy}; {self.trials_done} trials done"
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self) -> int:
+        self._heartbeat.start()
+        try:
+            while not self.terminating.is_set():
+                if self.options.max_trials is not None and self.trials_done >= self.options.max_trials:
+                    break
+                try:
+                    if self._search_finished():
+                        log.info("the search has finished; exiting")
+                        break
+                    waited = time.monotonic()
+                    got = self.queue.claim(self.consumer, self.options.block_ms)
+                    metrics.IDLE_SECONDS.labels(self.search).inc(time.monotonic() - waited)
+                    self._outage.ok()
+                except RETRYABLE as exc:
+                    self._outage.failed(exc, self.terminating)
+                    continue
+                except ResponseError as exc:
+                    if is_transient(exc):
+                        self._outage.failed(exc, self.terminating)
+                    elif str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                        # Started before the controller, Redis lost its data, or a fresh controller
+                        # cleared an earlier search's keys: (re)create the groups and go on.
+                        self._ensure_groups()
+                    else:
+                        log.error("unexpected reply from Redis: %s; retrying", exc)
+                        self.terminating.wait(1.0)
+                    continue
+                if got is None:
+                    continue
+                if isinstance(got, Rejected):
+                    metrics.MESSAGES_REJECTED.labels(self.search, got.stream).inc()
+                    metrics.TRAINER_TRIALS.labels(self.search, "rejected").inc()
+                    log.warning("rejected entry %s in %s: %s", got.entry_id, got.stream, got.reason)
+                    continue
+                began = time.monotonic()
+                try:
+                    self._work(got)
+                finally:
+                    metrics.BUSY_SECONDS.labels(self.search).inc(time.monotonic() - began)
+        finally:
+            self.closed.set()
+        return 0
+
+    def _ensure_groups(self) -> None:
+        try:
+            self.queue.ensure_groups()
+        except RETRYABLE as exc:
+            self._outage.failed(exc, self.terminating)
+
+    def _search_finished(self) -> bool:
+        if not self.options.exit_when_done:
+            return False
+        now = time.monotonic()
+        if now - self._summary_at < 2.0:
+            return False
+        self._summary_at = now
+        summary = self.queue.read_summary()
+        return bool(summary and summary.get("finished"))
+
+    # --- one trial ----------------------------------------------------------------------
+    def _work(self, claim: Claim) -> None:
+        trial = claim.trial
+        if self.terminating.is_set():
+            self._hand_back(claim)
+            return
+        if claim.reclaimed:
+            metrics.TRIALS_RECLAIMED.labels(self.search).inc()
+        if claim.attempt > trial.max_attempts:
+            self._dead_letter(claim)
+            return
+        control = self._progress(claim, 0, None)  # "started", and the trial's control if any
+        if control is not None and control.action == "stop" and control.epoch is None:
+            log.info("trial %s was cancelled (%s); skipping it", trial.trial_id, control.reason)
+            self._safe(lambda: self.queue.acknowledge(claim))
+            metrics.TRAINER_TRIALS.labels(self.search, "skipped").inc()
+            return
+        self.interrupt = threading.Event()
+        if self.terminating.is_set():
+            self.interrupt.set()
+        self.lost.clear()
+        self.stop_control = None
+        self.current = claim
+        started = time.time()
+        log.info("started trial %s attempt %d%s", trial.trial_id, claim.attempt,
+                 " (taken over)" if claim.reclaimed else "")
+        try:
+            outcome = self._run(claim)
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            self.current = None
+            self._failed(claim, exc)
+            return
+        finally:
+            self.current = None
+        result = ResultMessage(
+            search=self.search, trial_id=trial.trial_id, trainer=self.consumer, attempt=claim.attempt,
+            status=outcome.status, reward=outcome.reward, curve=outcome.curve[-1000:], cost=outcome.cost,
+            epochs=outcome.epochs, error=clip_error(outcome.reason) if outcome.reason else None,
+            started=started, finished=time.time(), device=outcome.device)
+        if self._post(claim, result):
+            self.trials_done += 1
+            metrics.TRAINER_TRIALS.labels(self.search, outcome.status).inc()
+            log.info("finished trial %s: %s reward %.4f", trial.trial_id, outcome.status, outcome.reward)
+
+    def _failed(self, claim: Claim, exc: Exception) -> None:
+        trial = claim.trial
+        interrupted = type(exc).__name__ == "TrialInterrupted"
+        if interrupted and self.lost.is_set():
+            metrics.TRAINER_TRIALS.labels(self.search, "lost").inc()
+            log.warning("trial %s: lease lost (another trainer has it, or it was applied); abandoned", trial.trial_id)
+        elif interrupted and self.terminating.is_set():
+            self._hand_back(claim)
+        elif isinstance(exc, InvalidGenotype):
+            result = ResultMessage(search=self.search, trial_id=trial.trial_id, trainer=self.consumer,
+                                   attempt=claim.attempt, status="failed", error=clip_error(f"invalid genotype: {exc}"),
+                                   finished=time.time())
+            if self._post(claim, result):
+                self.trials_done += 1
+                metrics.TRAINER_TRIALS.labels(self.search, "failed").inc()
+            log.error("trial %s failed: invalid genotype: %s", trial.trial_id, exc)
+        else:
+            error = clip_error(f"{type(exc).__name__}: {exc} (on {self.consumer}, attempt {claim.attempt}; "
+                               f"{_where(exc)})")
+            log.error("trial %s attempt %d failed: %s", trial.trial_id, claim.attempt, error)
+            self._free_memory()
+            if self._safe(lambda: self.queue.retry_later(claim, self.consumer, error)):
+                metrics.TRAINER_TRIALS.labels(self.search, "retried").inc()
+
+    def _hand_back(self, claim: Claim) -> None:
+        if self._safe(lambda: self.queue.hand_back(claim, self.consumer)):
+            metrics.TRAINER_TRIALS.labels(self.search, "handed_back").inc()
+            log.info("handed trial %s back (terminating)", claim.trial.trial_id)
+
+    def _dead_letter(self, claim: Claim) -> None:
+        trial = claim.trial
+        last = self._safe(lambda: self.queue.last_error(trial.trial_id)) or \
+            f"lease expired: its trainer stopped heartbeating for {self.options.lease_seconds:g}s (killed, OOM, lost)"
+        error = clip_error(f"failed {claim.attempt - 1} attempts (max_attempts={trial.max_attempts}); last error: {last}")
+        result = ResultMessage(search=self.search, trial_id=trial.trial_id, trainer=self.consumer,
+                               attempt=claim.attempt, status="failed", error=error, finished=time.time())
+        if self._safe(lambda: self.queue.dead_letter(claim, result)):
+            metrics.TRAINER_TRIALS.labels(self.search, "dead_lettered").inc()
+            log.error("trial %s dead-lettered: %s", trial.trial_id, error)
+
+    def _post(self, claim: Claim, result: ResultMessage) -> bool:
+        """Post the result, retrying through Redis outages (a finished trial is worth keeping);
+        when terminating, give up after a few seconds: the trial will be trained again."""
+        deadline = None
+        while True:
+            try:
+                self.queue.complete(claim, result)
+                self._outage.ok()
+                return True
+            except (RETRYABLE + (ResponseError,)) as exc:
+                if isinstance(exc, ResponseError) and not is_transient(exc):
+                    if "NOGROUP" not in str(exc):
+                        log.error("could not post the result of %s: %s", claim.trial.trial_id, exc)
+                        return False
+                    self._ensure_groups()  # Redis lost its data: posting again is harmless (idempotent)
+                    continue
+                if self.terminating.is_set():
+                    deadline = deadline or time.monotonic() + 5.0
+                    if time.monotonic() > deadline:
+                        log.error("could not post the result of %s before exiting", claim.trial.trial_id)
+                        return False
+                self._outage.failed(exc, None)
+
+    def _safe(self, call: Callable[[], Any]) -> Any:
+        """One Redis call that may fail without harm: the protocol recovers through the
+        lease (progress, controls and hand-backs are not retried)."""
+        try:
+            value = call()
+        except RETRYABLE as exc:
+            self._outage.noticed(exc)
+            return None
+        self._outage.ok()
+        return value
+
+    # --- progress, stop signals, early-stopping decisions --------------------------------
+    def _progress(self, claim: Claim, epoch: int, report: Any) -> Optional[ControlMessage]:
+        message = ProgressMessage(
+            search=self.search, trial_id=claim.trial.trial_id, trainer=self.consumer, attempt=claim.attempt,
+            epoch=epoch, time=time.time(),
+            val_acc=None if report is None else _fraction(report.val_acc),
+            train_acc=None if report is None else _fraction(report.train_acc),
+            train_loss=None if report is None else _finite(report.train_loss),
+            seconds=0.0 if report is None else max(0.0, report.seconds),
+            images_per_second=0.0 if report is None else max(0.0, report.images_per_second))
+        return self._safe(lambda: self.queue.report_progress(message))
+
+    def _on_epoch(self, claim: Claim, report: Any) -> bool:
+        """After each epoch: report it; False stops the trial (stop signal or scheduler)."""
+        trial = claim.trial
+        metrics.EPOCH_SECONDS.labels(self.search).observe(report.seconds)
+        if report.images_per_second:
+            metrics.IMAGES_PER_SECOND.labels(self.search).set(report.images_per_second)
+        control = self._progress(claim, report.epoch, report)
+        if self._stops(control, report.epoch) or self.stop_control is not None:
+            return False
+        if trial.scheduled and report.epoch < trial.epochs:
+            deadline = time.monotonic() + trial.decision_timeout
+            while not self.interrupt.is_set():
+                if control is not None and (control.epoch is None or control.epoch >= report.epoch):
+                    return not self._stops(control, report.epoch)
+                if time.monotonic() > deadline:
+                    log.warning("trial %s: no early-stopping decision for epoch %d within %gs; going on",
+                                trial.trial_id, report.epoch, trial.decision_timeout)
+                    break
+                self.interrupt.wait(0.02)
+                control = self._safe(lambda: self.queue.control(trial.trial_id))
+        return True
+
+    @staticmethod
+    def _stops(control: Optional[ControlMessage], epoch: int) -> bool:
+        if control is None or control.action != "stop":
+            return False
+        return control.epoch is None or control.epoch >= epoch
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.options.heartbeat_seconds or self.options.lease_seconds / 3
+        while not self.closed.wait(interval):
+            claim = self.current
+            if claim is None:
+                continue
+            try:
+                owned, control = self.queue.heartbeat(claim, self.consumer)
+            except RETRYABLE as exc:
+                log.debug("heartbeat failed: %s", exc)
+                continue
+            except Exception:  # noqa: BLE001 - the thread must live on
+                log.exception("heartbeat failed")
+                continue
+            self.last_beat = time.monotonic()
+            if claim is not self.current:
+                continue
+            if not owned:
+                self.lost.set()
+                self.interrupt.set()
+            elif control is not None and control.action == "stop" and control.epoch is None:
+                self.stop_control = control
+
+    # --- the work itself ----------------------------------------------------------------
+    def _run(self, claim: Claim) -> Outcome:
+        if self.options.fake_work is not None:
+            return self._fake(claim)
+        return self._train(claim)
+
+    def _fake(self, claim: Claim) -> Outcome:
+        """Tests and benchmarks: the protocol without training (no torch)."""
+        trial = claim.trial
+        if trial.trial_id in self.options.fake_fail:
+            raise RuntimeError(f"injected failure of {trial.trial_id}")
+        reward = fake_reward(trial.genotype)
+        per_epoch = (self.options.fake_work or 0.0) / trial.epochs
+        curve: list[float] = []
+        for epoch in range(1, trial.epochs + 1):
+            if per_epoch > 0:
+                end = time.monotonic() + per_epoch
+                while time.monotonic() < end:
+                    if self.interrupt.wait(min(0.05, max(0.0, end - time.monotonic()))):
+                        break
+            if self.interrupt.is_set():
+                raise TrialInterrupted(f"interrupted in epoch {epoch}")
+            value = reward * (epoch / trial.epochs) ** 0.5
+            curve.append(value)
+            report = _Report(epoch, 1.0 - value, value, value, per_epoch, 0.0)
+            if not self._on_epoch(claim, report) and epoch < trial.epochs:
+                return Outcome("stopped", value, curve, {}, epoch, "fake", f"stopped after epoch {epoch}")
+        return Outcome("succeeded", curve[-1] if curve else reward, curve, {}, trial.epochs, "fake")
+
+    def _train(self, claim: Claim) -> Outcome:
+        import torch
+
+        from kubenas.spaces import space_of
+        from kubenas.training import TrainConfig, load_dataset, train_proxy
+
+        if not self._torch_ready:
+            if self.options.threads:
+                torch.set_num_threads(self.options.threads)
+            self._torch_ready = True
+        trial = claim.trial
+        t = trial.training
+        genotype = space_of(trial.genotype).validate_architecture(trial.genotype)
+        key = json.dumps([t.dataset.model_dump(mode="json"), t.seed], sort_keys=True)
+        if key != self._dataset_key:
+            self._dataset = None
+            self._dataset = load_dataset(t.dataset.name, t.dataset.root, t.dataset.download,
+                                         t.dataset.validation_fraction, t.dataset.train_subset, t.seed)
+            self._dataset_key = key
+        cfg = TrainConfig(epochs=trial.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
+                          momentum=t.momentum, weight_decay=t.weight_decay, drop_path=t.drop_path, seed=t.seed,
+                          device=self.options.device, channels=t.channels, cells_per_stage=t.cells_per_stage,
+                          auxiliary=t.auxiliary_head)
+        outcome = train_proxy(genotype, self._dataset, cfg, on_epoch=lambda r: self._on_epoch(claim, r),
+                              interrupt=self.interrupt)
+        cost = {"params": float(outcome.parameters), "multiply_adds": float(outcome.multiply_adds),
+                "train_seconds": float(outcome.seconds)}
+        if trial.measure_latency:
+            cost["latency_seconds"] = self._latency(genotype, cfg)
+        return Outcome(outcome.status, float(outcome.reward), [r.val_acc for r in outcome.curve], cost,
+                       len(outcome.curve), outcome.device, outcome.reason)
+
+    def _latency(self, genotype: dict, cfg: Any) -> float:
+        """Median seconds of one single-image forward pass on this trainer's device."""
+        import torch
+
+        from kubenas.nn import ModelConfig, build_model
+        from kubenas.training.proxy import resolve_device
+
+        data = self._dataset
+        device = resolve_device(cfg.device)
+        model = build_model(genotype, ModelConfig(channels=cfg.channels, cells_per_stage=cfg.cells_per_stage,
+                                                  num_classes=data.num_classes, in_channels=data.input_shape[0]))
+        model = model.to(device).eval()
+        x = data.val_x[:1].to(device)
+        times = []
+        with torch.no_grad():
+            for i in range(12):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                began = time.perf_counter()
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= 2:
+                    times.append(time.perf_counter() - began)
+        return sorted(times)[len(times) // 2]
+
+    def _free_memory(self) -> None:
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+@dataclass
+class _Report:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_acc: float
+    seconds: float
+    images_per_second: float
+
+
+def _fraction(value: Any) -> Optional[float]:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return min(1.0, max(0.0, value)) if value == value else None
+
+
+def _finite(value: Any) -> Optional[float]:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "no traceback"
+    last = frames[-1]
+    return f"at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
