@@ -116,6 +116,16 @@ def _enter_netns(path: str) -> None:
         os.close(fd)
 
 
+def _covers(target: str, path: str) -> bool:
+    target = target.rstrip("/") or "/"
+    return path == target or path.startswith(target if target == "/" else target + "/")
+
+
+def _image_paths() -> list[str]:
+    """Stand-ins for an image's contents: this checkout (the editable install) and the venv."""
+    return sorted({str(Path(__file__).resolve().parents[2]), os.path.realpath(sys.prefix)})
+
+
 def exec_container(spec_path: str, argv: list[str]) -> None:
     """Join the pod's network namespace, take a private mount and UTS namespace,
     bind the volumes, chdir, exec. The environment is already the container's."""
@@ -126,11 +136,22 @@ def exec_container(spec_path: str, argv: list[str]) -> None:
             _enter_netns(spec["netns"])
         _check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
         _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-        for m in spec["mounts"]:
-            src, dst = m["source"].encode(), m["target"].encode()
-            _check(libc.mount(src, dst, None, MS_BIND | MS_REC, None), f"bind {m['source']} on {m['target']}")
+        # Hold every source open before the first mount: a volume on /tmp must not
+        # hide another volume's source (or the code) that lives under /tmp.
+        sources = [os.open(m["source"], os.O_PATH) for m in spec["mounts"]]
+        # What a real image carries, the code and the interpreter, no volume hides.
+        image = [p for p in _image_paths() if any(_covers(m["target"], p) for m in spec["mounts"])]
+        image_fds = [(p, os.open(p, os.O_PATH)) for p in image]
+        for m, fd in zip(spec["mounts"], sources):
+            dst = m["target"].encode()
+            _check(libc.mount(f"/proc/self/fd/{fd}".encode(), dst, None, MS_BIND | MS_REC, None),
+                   f"bind {m['source']} on {m['target']}")
             if m.get("readOnly"):
                 _check(libc.mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None), f"remount {m['target']} ro")
+        for path, fd in image_fds:
+            os.makedirs(path, exist_ok=True)
+            _check(libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None),
+                   f"keep {path} visible")
         socket.sethostname(spec["hostname"])
         if spec.get("explicitWorkingDir"):
             os.makedirs(spec["workingDir"], exist_ok=True)  # as runc does
