@@ -24,7 +24,7 @@ PLURAL = "architecturesearches"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 # The strategy registry must offer exactly these (a test checks it).
-STRATEGY_NAMES = ("random", "ppo", "reinforce", "evolution", "local-search", "tpe", "bananas")
+STRATEGY_NAMES = ("random", "ppo", "reinforce", "evolution", "local-search", "tpe", "gp-bo")
 DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(s|m|h|d))+$")
 ParamValue = Union[bool, int, float, str]
 QUANTITY = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$"
@@ -66,7 +66,7 @@ class EarlyStoppingSpec(CamelModel):
 class StrategySpec(CamelModel):
     algorithm: Literal[STRATEGY_NAMES] = Field(default="random", description="The search strategy.")  # type: ignore[valid-type]
     parameters: dict[str, ParamValue] = Field(
-        default_factory=dict, description="Strategy parameters, e.g. population: 10 and sampleSize: 3 for evolution.")
+        default_factory=dict, description="Strategy parameters, e.g. population: 10 and sample: 3 for evolution; names as in `kubenas bench strategies --help`.")
     repeat_evaluations: bool = Field(
         default=False, description="Train an architecture again when it was already evaluated (otherwise reuse its result).")
 

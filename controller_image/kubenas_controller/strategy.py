@@ -8,7 +8,7 @@ and stacks the wrappers the spec asks for:
         Constrained(          objective.constraints / objective.costPenalty
           <algorithm>)))
 
-Manifests spell strategy parameters in camelCase (`sampleSize`); the registry
+Manifests spell strategy parameters in camelCase (`nStartupTrials`); the registry
 takes snake_case keyword arguments: converted here, and only here.
 """
 

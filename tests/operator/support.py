@@ -225,7 +225,7 @@ def search_body(name: str, namespace: str, spec: Optional[dict] = None) -> dict:
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec if spec is not None else {
             "searchSpace": {"type": "nasbench201"},
-            "strategy": {"algorithm": "evolution", "parameters": {"population": 8, "sampleSize": 3}},
+            "strategy": {"algorithm": "evolution", "parameters": {"population": 8, "sample": 3}},
             "budget": {"maxTrials": 24, "parallelism": 2},
             "training": {"epochs": 2, "cellsPerStage": 1, "channels": 8},
         },
