@@ -53,6 +53,7 @@ class Spec:
 
 
 _TABLES: dict[str, Table] = {}
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def cached_table(path: str) -> Table:
@@ -105,30 +106,28 @@ def _run_task(task: tuple) -> dict:
     return asdict(simulate(cached_table(path), Spec(label, params), seed, budget, workers))
 
 
-def _init_worker() -> None:
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover - torch-less installs run the other strategies
-        pass
-
-
 def run_benchmark(path: str, specs: list[Spec], seeds: Iterable[int], budget: int, workers: int,
                   processes: int = 2) -> list[RunResult]:
     """Every (strategy, seed) run; results in a fixed order whatever the process scheduling."""
     cached_table(path)  # fail early, in this process, on a malformed table
     tasks = [(path, s.label, s.params, seed, budget, workers) for s in specs for seed in seeds]
     if processes <= 1:
-        _init_worker()
         rows = [_run_task(t) for t in tasks]
     else:
-        # One BLAS/OpenMP thread per process: the pool is the parallelism.
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, "1")
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(processes, initializer=_init_worker) as pool:
-            rows = list(pool.imap(_run_task, tasks, chunksize=1))
+        # One BLAS/OpenMP/torch thread per process (read at import by the fresh
+        # interpreters spawn starts): the pool is the parallelism.
+        saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
+        os.environ.update({var: "1" for var in THREAD_VARIABLES})
+        try:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(processes) as pool:
+                rows = list(pool.imap(_run_task, tasks, chunksize=1))
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
     return [RunResult(**r) for r in rows]
 
 

@@ -73,15 +73,21 @@ def run(command_name: str, args: argparse.Namespace) -> int:
     try:
         if len(set(labels)) != len(labels):
             raise KubenasError(f"--strategies: a label appears twice in {labels}; use name@tag for variants")
+        unknown = [label for label in labels if label.split("@", 1)[0] not in STRATEGIES]
+        if unknown:
+            raise KubenasError(f"--strategies: {unknown[0].split('@', 1)[0]!r} is not known; "
+                               f"choose from {', '.join(sorted(STRATEGIES))}")
         params = parse_params(args.param, labels)
-        specs = [Spec(label, params[label]) for label in labels]
-        for spec in specs:  # unknown names and parameters fail before any run
-            accepted = strategy_parameters(spec.name)
-            unknown = sorted(set(spec.params) - set(accepted))
-            if unknown:
-                raise KubenasError(f"--param: {spec.label} has no parameter {unknown}; accepted: "
-                                   f"{sorted(accepted) or 'none'}")
         table = load_table(args.table)
+        specs = [Spec(label, params[label]) for label in labels]
+        for spec in specs:  # unknown parameters fail before any run
+            if not spec.params:
+                continue
+            accepted = strategy_parameters(spec.name)
+            unknown_params = sorted(set(spec.params) - set(accepted))
+            if unknown_params:
+                raise KubenasError(f"--param: {spec.label} has no parameter {unknown_params}; accepted: "
+                                   f"{sorted(accepted) or 'none'}")
     except KubenasError as exc:
         print(f"kubenas bench: {exc}", file=sys.stderr)
         return 2

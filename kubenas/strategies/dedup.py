@@ -24,7 +24,7 @@ from kubenas.strategies.base import Result, SearchExhausted, Strategy, Trial, Wr
 class Deduplicated(Wrapper):
     name = "dedup"
 
-    def __init__(self, inner: Strategy, max_attempts: int = 100, repeat: bool = False):
+    def __init__(self, inner: Strategy, max_attempts: int = 20, repeat: bool = False):
         super().__init__(inner)
         self.max_attempts = max_attempts
         self.repeat = repeat

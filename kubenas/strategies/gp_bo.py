@@ -42,14 +42,16 @@ class GPBayesOpt(Strategy):
 
     def __init__(self, space: SearchSpace, seed: int = 0, initial: int = 10, acquisition: str = "ei",
                  beta: float = 2.0, warp: str = "log", ceiling: float = 100.5, ard: str = "auto",
-                 exhaustive_limit: int = 20000, candidates: int = 2000, refit_every: int = 1,
-                 believer: bool = True):
+                 additive: bool = False, exhaustive_limit: int = 20000, candidates: int = 2000,
+                 refit_every: int = 1, believer: bool = True):
         """
         initial: random proposals before the model is used.
         acquisition: "ei" (expected improvement) or "ucb" (mean + beta * sd).
         warp: "log" (-log(ceiling - reward); rewards must stay below `ceiling`), "rank" or "none".
         ard: "choice" (a weight per one-hot column), "decision" (one per decision) or "auto"
              (choice when the one-hot code has at most 64 columns).
+        additive: add a first-order kernel (a weight per decision on "same choice") to the
+             product one, so that main effects generalise across distant architectures.
         exhaustive_limit: spaces up to this many architectures are scored whole.
         candidates: otherwise, this many random samples and as many mutations are scored.
         refit_every: re-estimate kernel weights after this many new results.
@@ -79,6 +81,8 @@ class GPBayesOpt(Strategy):
         self.groups = np.arange(self.width) if ard == "choice" else \
             np.repeat(np.arange(len(widths)), widths)
         self.n_groups = int(self.groups.max()) + 1
+        self.decision_of = np.repeat(np.arange(len(widths)), widths)  # column -> decision
+        self.additive = additive
         self.exhaustive = all(self.categorical) and enc.cardinality <= exhaustive_limit
         self.np_rng = np.random.default_rng(seed)
         self.z: list[list[float]] = []  # observed points (index or unit value per decision)
@@ -201,12 +205,12 @@ class GPBayesOpt(Strategy):
         y = self._transform(np.asarray(self.y))
         if self.theta is None or len(self.y) - self.fitted_at >= self.refit_every:
             self._fit(F, y)
-        w = np.exp(np.asarray(self.theta[:-1]))[self.groups]
+        kernel = self._kernel(np.asarray(self.theta))
         noise = math.exp(self.theta[-1])
-        gp = _Posterior(F, y, w, noise)
+        gp = _Posterior(F, y, kernel, noise)
         if self.believer and self.pending_z:
             P = self._features(np.asarray(list(self.pending_z.values())))
-            gp = _Posterior(np.vstack([F, P]), np.concatenate([y, gp.mean(P)]), w, noise, scale=gp.scale)
+            gp = _Posterior(np.vstack([F, P]), np.concatenate([y, gp.mean(P)]), kernel, noise, scale=gp.scale)
         mu, sd = gp.mean_sd(self._grid_features(cands) if self.exhaustive else self._features(cands))
         if self.acquisition == "ucb":
             score = mu + self.beta * sd
@@ -215,17 +219,54 @@ class GPBayesOpt(Strategy):
         return [float(v) for v in cands[int(np.argmax(score))]]
 
     # --- kernel weights by maximum marginal likelihood -------------------------------------
+    def _kernel(self, theta: np.ndarray) -> "_Kernel":
+        g = self.n_groups
+        w = np.exp(theta[:g])[self.groups]
+        u = np.exp(theta[g:-1])[self.decision_of] if self.additive else None
+        return _Kernel(w, u)
+
     def _fit(self, F: np.ndarray, y: np.ndarray) -> None:
         from scipy.optimize import minimize
 
-        default = np.concatenate([np.full(self.n_groups, math.log(0.25)), [math.log(0.1)]])
+        n_add = len(self.encoding.sizes) if self.additive else 0
+        default = np.concatenate([np.full(self.n_groups, math.log(0.25)), np.full(n_add, math.log(0.1)),
+                                  [math.log(0.1)]])
         starts = [default] if self.theta is None else [np.asarray(self.theta), default]
-        bounds = [(-7.0, 3.0)] * self.n_groups + [(-9.0, 1.0)]
+        bounds = [(-7.0, 3.0)] * self.n_groups + [(-9.0, 2.0)] * n_add + [(-9.0, 1.0)]
         # The likelihood has several optima: keep the better of a warm start and a fixed one.
-        res = min((minimize(_neg_log_likelihood, x0, args=(F, y, self.groups, self.n_groups), jac=True,
-                            method="L-BFGS-B", bounds=bounds) for x0 in starts), key=lambda r: r.fun)
+        res = min((minimize(self._nll, x0, args=(F, y), jac=True, method="L-BFGS-B", bounds=bounds)
+                   for x0 in starts), key=lambda r: r.fun)
         self.theta = [float(v) for v in res.x]
         self.fitted_at = len(self.y)
+
+    def _nll(self, theta: np.ndarray, F: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Profiled negative log marginal likelihood and its gradient in log parameters."""
+        from scipy.linalg import cho_factor, cho_solve
+
+        n, g = len(y), self.n_groups
+        kernel = self._kernel(theta)
+        noise = math.exp(theta[-1])
+        C = kernel.product(F, F)
+        K = C + noise * np.eye(n)
+        if kernel.u is not None:
+            K += kernel.additive(F, F)
+        try:
+            chol = cho_factor(K, lower=True)
+        except np.linalg.LinAlgError:
+            return 1e10, np.zeros_like(theta)
+        alpha = cho_solve(chol, y)
+        q = max(float(y @ alpha), 1e-300)
+        value = 0.5 * n * math.log(q / n) + float(np.log(np.diag(chol[0])).sum())
+        W = 0.5 * cho_solve(chol, np.eye(n)) - 0.5 * (n / q) * np.outer(alpha, alpha)  # dNLL = <W, dK>
+        M = W * C  # product part: dK/dw_c = -C * (f_c - f'_c)^2
+        sq = 2.0 * (F * F).T @ M.sum(1) - 2.0 * (F * (M @ F)).sum(0)
+        grad = np.empty_like(theta)
+        grad[:g] = np.bincount(self.groups, weights=-kernel.w * sq, minlength=g)
+        if kernel.u is not None:  # additive part: dK/du_c = f_c f_c'
+            same = ((W @ F) * F).sum(0)
+            grad[g:-1] = np.bincount(self.decision_of, weights=kernel.u * same, minlength=len(theta) - g - 1)
+        grad[-1] = noise * float(np.trace(W))
+        return value, grad
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -246,61 +287,55 @@ class GPBayesOpt(Strategy):
         set_numpy_rng_state(self.np_rng, state["np_rng"])
 
 
+class _Kernel:
+    """exp(-sum_c w_c (f_c - f'_c)^2), plus sum_c u_c f_c f'_c when `u` is given."""
+
+    def __init__(self, w: np.ndarray, u: Optional[np.ndarray] = None):
+        self.w, self.u = w, u
+
+    def product(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        w = self.w.astype(A.dtype)
+        d = (A * A) @ w
+        e = (B * B) @ w
+        return np.exp(-np.maximum(d[:, None] + e[None, :] - 2.0 * (A * w) @ B.T, 0.0))
+
+    def additive(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        return (A * self.u.astype(A.dtype)) @ B.T
+
+    def __call__(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        K = self.product(A, B)
+        return K if self.u is None else K + self.additive(A, B)
+
+    def diag(self, A: np.ndarray) -> np.ndarray:
+        ones = np.ones(len(A))
+        return ones if self.u is None else ones + (A * A) @ self.u
+
+
 class _Posterior:
     """GP posterior with the signal variance profiled out (s2 = y'K^-1y / n)."""
 
-    def __init__(self, F: np.ndarray, y: np.ndarray, w: np.ndarray, noise: float, scale: Optional[float] = None):
+    def __init__(self, F: np.ndarray, y: np.ndarray, kernel: _Kernel, noise: float, scale: Optional[float] = None):
         from scipy.linalg import cho_factor, cho_solve
 
-        self.F, self.w = F, w
-        K = _kernel(F, F, w) + noise * np.eye(len(F))
+        self.F, self.kernel = F, kernel
+        K = kernel(F, F) + noise * np.eye(len(F))
         self.chol = cho_factor(K, lower=True)
         self.alpha = cho_solve(self.chol, y)
         self.scale = float(y @ self.alpha / len(y)) if scale is None else scale
 
     def mean(self, G: np.ndarray) -> np.ndarray:
-        return _kernel(G, self.F, self.w) @ self.alpha
+        return self.kernel(G, self.F) @ self.alpha
 
     def mean_sd(self, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from scipy.linalg import solve_triangular
 
         # Scoring thousands of candidates: single precision is plenty for ranking them.
-        Ks = _kernel(G.astype(np.float32), self.F.astype(np.float32), self.w.astype(np.float32))
+        G32 = G.astype(np.float32)
+        Ks = self.kernel(G32, self.F.astype(np.float32))
         inv_chol = solve_triangular(self.chol[0], np.eye(len(self.F)), lower=True).astype(np.float32)
         v = Ks @ inv_chol.T
-        var = np.maximum(1.0 - (v * v).sum(1, dtype=np.float64), 1e-12) * self.scale
+        var = np.maximum(self.kernel.diag(G) - (v * v).sum(1, dtype=np.float64), 1e-12) * self.scale
         return Ks @ self.alpha.astype(np.float32), np.sqrt(var)
-
-
-def _kernel(A: np.ndarray, B: np.ndarray, w: np.ndarray) -> np.ndarray:
-    d = (A * A) @ w
-    e = (B * B) @ w
-    return np.exp(-np.maximum(d[:, None] + e[None, :] - 2.0 * (A * w) @ B.T, 0.0))
-
-
-def _neg_log_likelihood(theta: np.ndarray, F: np.ndarray, y: np.ndarray, groups: np.ndarray,
-                        n_groups: int) -> tuple[float, np.ndarray]:
-    """Profiled negative log marginal likelihood and its gradient in (log w, log noise)."""
-    from scipy.linalg import cho_factor, cho_solve
-
-    n = len(y)
-    w = np.exp(theta[:-1])[groups]
-    noise = math.exp(theta[-1])
-    C = _kernel(F, F, w)
-    try:
-        chol = cho_factor(C + noise * np.eye(n), lower=True)
-    except np.linalg.LinAlgError:
-        return 1e10, np.zeros_like(theta)
-    alpha = cho_solve(chol, y)
-    q = max(float(y @ alpha), 1e-300)
-    value = 0.5 * n * math.log(q / n) + float(np.log(np.diag(chol[0])).sum())
-    W = 0.5 * cho_solve(chol, np.eye(n)) - 0.5 * (n / q) * np.outer(alpha, alpha)
-    M = W * C  # dNLL/dw_c = -sum_ij M_ij (f_ic - f_jc)^2
-    sq = 2.0 * (F * F).T @ M.sum(1) - 2.0 * (F * (M @ F)).sum(0)
-    grad = np.empty_like(theta)
-    grad[:-1] = np.bincount(groups, weights=-w * sq, minlength=n_groups)
-    grad[-1] = noise * float(np.trace(W))
-    return value, grad
 
 
 def _norm_cdf(z: np.ndarray) -> np.ndarray:
