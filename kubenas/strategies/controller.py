@@ -17,7 +17,8 @@ This module imports torch; `kubenas.strategies` imports it only on demand.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -25,6 +26,18 @@ from torch import nn
 from kubenas.spaces import Genotype, SearchSpace
 from kubenas.strategies.base import Result, Strategy, Trial
 from kubenas.strategies.encoding import Encoding
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """The controller is tiny: threads only contend (badly, on a busy node). The
+    process's own setting is restored afterwards."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 class ControllerLSTM(nn.Module):
@@ -90,7 +103,7 @@ class PolicyGradient(Strategy):
     def ask(self, n: int = 1) -> list[Trial]:
         if n <= 0:
             return []
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             actions, logp, _ = self.model(n, generator=self.generator)
         trials = []
         for a, lp in zip(actions.tolist(), logp.tolist()):
@@ -104,7 +117,7 @@ class PolicyGradient(Strategy):
 
     def _injected(self, trial: Trial) -> None:
         actions = self.encoding.indices(trial.genotype)
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             _, logp, _ = self.model(1, actions=torch.tensor([actions]))
         self.meta[trial.id] = {"actions": actions, "logp": float(logp[0])}
 
@@ -121,7 +134,8 @@ class PolicyGradient(Strategy):
         self.buffer.append({**meta, "reward": reward, "advantage": reward - self.baseline})
         while len(self.buffer) >= self.batch:
             minibatch, self.buffer = self.buffer[: self.batch], self.buffer[self.batch:]
-            self._update(minibatch)
+            with one_thread():
+                self._update(minibatch)
             self.updates += 1
 
     def _update(self, minibatch: list[dict[str, Any]]) -> None:

@@ -4,21 +4,23 @@ The model: a GP on a feature vector per architecture, one-hot codes for
 categorical decisions (operations, inputs, combines) and the unit-scaled
 value for numeric ones, with an ARD squared-exponential kernel
 
-    k(x, x') = s2 * exp(-sum_c w_c (f_c - f'_c)^2).
+    k(x, x') = s2 * exp(-sum_c w_c (f_c - f'_c)^2)
 
-On one-hot columns each weight belongs to one (decision, choice) pair, so
-changing edge 3 from conv_3x3 to conv_1x1 may cost little while changing it
-to `none` costs a lot: the kernel learns which operations are
-interchangeable where, from the data (weights by maximum marginal likelihood,
-with analytic gradients). Rewards are warped (-log(ceiling - reward) by
-default), which spreads the good end of the accuracy scale the search cares
-about and squeezes the long tail of broken cells.
+which on one-hot codes is a product over decisions of exp(-2 w_d) per
+decision that differs: the weights learn, by maximum marginal likelihood
+(analytic gradients, the better of a warm and a fixed start), which
+decisions matter (NB201: which edges). `ard="choice"` gives each (decision,
+choice) column its own weight, so that conv_1x1 vs conv_3x3 may cost less
+than conv vs none; `additive=True` adds a first-order kernel. Rewards are
+rank-warped to normal scores by default, which spreads the good end of the
+accuracy scale the search cares about and squeezes the long tail of broken
+cells; failed trials count as the worst result seen.
 
 Acquisition: expected improvement, maximised exactly over the whole space
 when it is small (NAS-Bench-201's 15,625 cells), otherwise over random
 samples plus mutations of the best architectures. Trials still training are
 fantasised at the posterior mean (kriging believer), which keeps parallel
-workers apart. The first `initial` proposals are random.
+workers apart. Until `initial` results are in, proposals are random.
 
 numpy and scipy only; deterministic given the seed (state: observations,
 kernel parameters, the random generator).
@@ -26,6 +28,7 @@ kernel parameters, the random generator).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Optional
 
@@ -37,19 +40,39 @@ from kubenas.strategies.base import Result, Strategy, Trial, numpy_rng_state, se
 from kubenas.strategies.encoding import Encoding
 
 
+_THREADPOOLS: Any = None
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager:
+    """BLAS on matrices this small gains nothing from threads and loses a lot on a
+    busy node (several times slower); limit to one while the strategy computes,
+    when threadpoolctl is installed."""
+    global _THREADPOOLS
+    if _THREADPOOLS is None:
+        try:
+            import scipy.linalg  # noqa: F401  (load scipy's BLAS before looking)
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _THREADPOOLS = False
+        else:
+            _THREADPOOLS = ThreadpoolController()
+    return _THREADPOOLS.limit(limits=1) if _THREADPOOLS else contextlib.nullcontext()
+
+
 class GPBayesOpt(Strategy):
     name = "gp-bo"
 
     def __init__(self, space: SearchSpace, seed: int = 0, initial: int = 10, acquisition: str = "ei",
-                 beta: float = 2.0, warp: str = "log", ceiling: float = 100.5, ard: str = "auto",
+                 beta: float = 2.0, warp: str = "rank", ceiling: float = 100.5, ard: str = "decision",
                  additive: bool = False, exhaustive_limit: int = 20000, candidates: int = 2000,
                  refit_every: int = 1, believer: bool = True):
         """
-        initial: random proposals before the model is used.
+        initial: results needed before the model is used (proposals are random until then).
         acquisition: "ei" (expected improvement) or "ucb" (mean + beta * sd).
-        warp: "log" (-log(ceiling - reward); rewards must stay below `ceiling`), "rank" or "none".
-        ard: "choice" (a weight per one-hot column), "decision" (one per decision) or "auto"
-             (choice when the one-hot code has at most 64 columns).
+        warp: "rank" (normal scores of the ranks), "log" (-log(ceiling - reward); rewards
+             must stay below `ceiling`) or "none".
+        ard: "decision" (a kernel weight per decision), "choice" (one per one-hot column) or
+             "auto" (choice when the one-hot code has at most 64 columns).
         additive: add a first-order kernel (a weight per decision on "same choice") to the
              product one, so that main effects generalise across distant architectures.
         exhaustive_limit: spaces up to this many architectures are scored whole.
@@ -129,7 +152,11 @@ class GPBayesOpt(Strategy):
     def ask(self, n: int = 1) -> list[Trial]:
         trials = []
         for _ in range(n):
-            z = self._random_z() if len(self.y) < self.initial else self._best_candidate()
+            if len(self.y) < self.initial:
+                z = self._random_z()
+            else:
+                with one_blas_thread():
+                    z = self._best_candidate()
             trial = self._new_trial(self._genotype_of(np.asarray(z)))
             self.pending_z[trial.id] = [float(v) for v in z]
             trials.append(trial)
@@ -201,9 +228,11 @@ class GPBayesOpt(Strategy):
         cands = self._candidates()
         if len(cands) == 0:
             return self._random_z()
-        F = self._features(np.asarray(self.z))
-        y = self._transform(np.asarray(self.y))
-        if self.theta is None or len(self.y) - self.fitted_at >= self.refit_every:
+        # Failed trials (constraint violations, crashes) count as the worst result seen,
+        # so the model steers away from where they happen.
+        F = self._features(np.asarray(self.z + self.failed))
+        y = self._transform(np.asarray(self.y + [min(self.y)] * len(self.failed)))
+        if self.theta is None or len(self.y) + len(self.failed) - self.fitted_at >= self.refit_every:
             self._fit(F, y)
         kernel = self._kernel(np.asarray(self.theta))
         noise = math.exp(self.theta[-1])
@@ -237,7 +266,7 @@ class GPBayesOpt(Strategy):
         res = min((minimize(self._nll, x0, args=(F, y), jac=True, method="L-BFGS-B", bounds=bounds)
                    for x0 in starts), key=lambda r: r.fun)
         self.theta = [float(v) for v in res.x]
-        self.fitted_at = len(self.y)
+        self.fitted_at = len(self.y) + len(self.failed)
 
     def _nll(self, theta: np.ndarray, F: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """Profiled negative log marginal likelihood and its gradient in log parameters."""

@@ -31,6 +31,7 @@ FAST = {
     "ppo": {"batch": 10, "lr": 0.003},
     "reinforce": {"batch": 10, "lr": 0.01},
     "tpe": {"n_startup_trials": 10},
+    "gp-bo": {"refit_every": 5},
 }
 
 
