@@ -293,6 +293,11 @@ class Controller:
         self._events.append(event)
         self._count(event, flight.message.genotype)
         metrics.TRIALS_COMPLETED.labels(self.search, msg.status).inc()
+        if status == "succeeded" and reward is not None:
+            metrics.TRIAL_REWARD.labels(self.search).observe(reward)
+        entropy = policy_entropy(self.strategy)
+        if entropy is not None:
+            metrics.POLICY_ENTROPY.labels(self.search).set(entropy)
         if flight.message.created:
             metrics.TRIAL_SECONDS.labels(self.search).observe(max(0.0, now - flight.message.created))
         level = logging.WARNING if status == "failed" else logging.INFO
@@ -526,3 +531,13 @@ class Controller:
         ok = stale < max(60.0, 10 * self.options.block_ms / 1000)
         redis_state = "reachable" if self.redis_ok else "unreachable (retrying)"
         return ok, f"{'ok' if ok else 'stalled'}: loop ran {stale:.1f}s ago; redis {redis_state}"
+
+
+def policy_entropy(strategy: Strategy) -> Optional[float]:
+    """The RL policy's entropy, from whichever layer of the wrapper stack has one."""
+    while strategy is not None:
+        value = getattr(strategy, "policy_entropy", None)
+        if value is not None:
+            return value
+        strategy = getattr(strategy, "inner", None)
+    return None

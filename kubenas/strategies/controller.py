@@ -104,7 +104,9 @@ class PolicyGradient(Strategy):
         if n <= 0:
             return []
         with torch.no_grad(), one_thread():
-            actions, logp, _ = self.model(n, generator=self.generator)
+            actions, logp, entropy = self.model(n, generator=self.generator)
+        # Reported as kubenas_controller_policy_entropy; derived, so not checkpointed.
+        self.policy_entropy = float(entropy.mean())
         trials = []
         for a, lp in zip(actions.tolist(), logp.tolist()):
             trial = self._new_trial(self.encoding.genotype(a))
