@@ -23,7 +23,7 @@ from typing import Any, Iterable, Optional
 
 from kubenas.bench.table import Entry, Table, load_table
 from kubenas.strategies import make_strategy
-from kubenas.strategies.base import Result, derive_seed
+from kubenas.strategies.base import Result, SearchExhausted, derive_seed
 from kubenas.strategies.dedup import Deduplicated
 
 
@@ -32,6 +32,7 @@ class RunResult:
     label: str
     seed: int
     budget: int
+    queries: int  # children trained: the budget, or fewer when the table ran out
     best_val: float
     best_test: float
     found_best: bool  # saw the table's best-val architecture
@@ -69,11 +70,17 @@ def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> 
     clock = random.Random(derive_seed(seed, "worker-times"))
     running: list[tuple[float, int, Any]] = []  # (finish time, issue order, trial)
     issued = misses = 0
+    exhausted = False  # every architecture of a small table evaluated: the run ends early
     best: Optional[Entry] = None
 
     def launch(now: float) -> None:
-        nonlocal issued
-        for trial in strategy.ask(1):
+        nonlocal issued, exhausted
+        try:
+            trials = strategy.ask(1)
+        except SearchExhausted:
+            exhausted = True
+            return
+        for trial in trials:
             issued += 1
             heapq.heappush(running, (now + clock.expovariate(1.0), issued, trial))
 
@@ -90,11 +97,11 @@ def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> 
             if best is None or entry.val_acc > best.val_acc:
                 best = entry
         strategy.tell(trial.id, result)
-        if issued < budget:
+        if issued < budget and not exhausted:
             launch(now)
     top = table.best_val
     return RunResult(
-        label=spec.label, seed=seed, budget=budget,
+        label=spec.label, seed=seed, budget=budget, queries=issued,
         best_val=best.val_acc if best else float("nan"), best_test=best.test_acc if best else float("nan"),
         found_best=best is not None and best.cellstr == top.cellstr, hits=strategy.hits, misses=misses,
         seconds=time.perf_counter() - start,
@@ -142,6 +149,7 @@ def summarize(results: list[RunResult], labels: list[str]) -> list[dict[str, Any
             "test_mean": statistics.fmean(test), "test_sd": statistics.stdev(test) if len(test) > 1 else 0.0,
             "val_mean": statistics.fmean(val), "val_sd": statistics.stdev(val) if len(val) > 1 else 0.0,
             "found_best": sum(r.found_best for r in runs) / len(runs),
+            "queries": statistics.fmean(r.queries for r in runs),
             "hits": statistics.fmean(r.hits for r in runs), "misses": statistics.fmean(r.misses for r in runs),
             "seconds": statistics.fmean(r.seconds for r in runs),
         })

@@ -105,7 +105,8 @@ def run(command_name: str, args: argparse.Namespace) -> int:
             print(f"kubenas bench: {exc}", file=sys.stderr)
             return 1
         rows = summarize(results, labels)
-        print(f"\n{budget} queries, {args.workers} asynchronous workers, {args.seeds} seeds "
+        workers = "1 worker (sequential)" if args.workers == 1 else f"{args.workers} asynchronous workers"
+        print(f"\n{budget} queries, {workers}, {args.seeds} seeds "
               f"(test_acc of the best-val architecture seen; {time.perf_counter() - start:.0f}s)\n")
         print(markdown(rows), flush=True)
         dump.append({"budget": budget, "workers": args.workers, "summary": rows,

@@ -98,6 +98,7 @@ class PolicyGradient(Strategy):
         self.meta: dict[str, dict[str, Any]] = {}  # trial id -> sampled actions and log-prob
         self.buffer: list[dict[str, Any]] = []  # finished, waiting for a full minibatch
         self.updates = 0
+        self.policy_entropy: Optional[float] = None  # of the last sampled batch (a metric)
 
     # --- proposing -------------------------------------------------------------
     def ask(self, n: int = 1) -> list[Trial]:

@@ -91,10 +91,18 @@ def test_json_genotype_tables_are_accepted(tmp_path):
 def test_harness_counts_queries_and_reads_only_val(small_table):
     table = load_table(small_table)
     run = simulate(table, Spec("evolution", {"population": 10, "sample": 3}), seed=3, budget=40, workers=4)
-    assert run.budget == 40
+    assert run.budget == run.queries == 40
     entry = next(e for e in table.entries.values() if e.val_acc == run.best_val)
     assert run.best_test == entry.test_acc  # the test accuracy of the best-val cell seen
     assert run.hits >= 0 and run.misses == 0
+
+
+def test_a_table_smaller_than_the_budget_ends_the_run_early(tmp_path):
+    rows = [(i, format_cellstr(list(ops)), 50 + i, 60 + i)
+            for i, ops in enumerate(itertools.product(("none", "skip_connect"), repeat=6))]
+    table = load_table(write_table(tmp_path / "tiny.csv", rows))
+    run = simulate(table, Spec("random"), seed=0, budget=100, workers=4)
+    assert run.queries == 64 and run.found_best and run.best_test == 60 + 63
 
 
 def test_harness_workers_finish_out_of_order(small_table, monkeypatch):
