@@ -3,6 +3,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+pytest_plugins = ["tests.support.require_real"]
+
 # Building networks is slow next to hypothesis' default deadline.
 settings.register_profile("kubenas", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("kubenas")

@@ -395,7 +395,7 @@ def test_whole_search_on_the_mini_cluster_survives_a_killed_trainer(installed: M
 
         genotype = build_space("nasbench201").validate(status["bestGenotype"])
         assert genotype["space"] == "nasbench201"
-        assert status["bestReward"] > 0.1, status["bestReward"]  # digits: 10 classes
+        assert status["bestReward"] >= 0.5, status["bestReward"]  # digits: chance is 0.1; 2 epochs reach ~0.8
         assert status["bestTrial"] and status.get("completionTime")
         conditions = {c["type"]: c for c in status["conditions"]}
         assert conditions["Complete"]["status"] == "True", conditions
