@@ -2,7 +2,7 @@
 
 `make_strategy(name, space, seed, **params)` builds any of `STRATEGIES`; the
 modules are imported on demand, so importing this package loads neither torch
-(the RL controller) nor Optuna (TPE).
+(the RL policies) nor Optuna (TPE).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from kubenas.errors import InvalidSpec
 from kubenas.spaces import SearchSpace
-from kubenas.strategies.base import Result, SearchExhausted, Strategy, Trial, Wrapper
+from kubenas.strategies.base import Result, SearchExhausted, Strategy, TrainingDecision, Trial, Wrapper
 from kubenas.strategies.random_search import RandomSearch
 
 # name -> "module:Class"
@@ -25,6 +25,7 @@ STRATEGIES: dict[str, str] = {
     "ppo": "kubenas.strategies.ppo:PPO",
     "reinforce": "kubenas.strategies.reinforce:Reinforce",
     "gp-bo": "kubenas.strategies.gp_bo:GPBayesOpt",
+    "bohb": "kubenas.strategies.bohb:BOHB",
 }
 
 
@@ -63,6 +64,6 @@ def make_strategy(name: str, space: SearchSpace, seed: int = 0, **params: Any) -
 
 
 __all__ = [
-    "STRATEGIES", "Result", "SearchExhausted", "Strategy", "Trial", "Wrapper", "RandomSearch",
+    "STRATEGIES", "Result", "SearchExhausted", "Strategy", "TrainingDecision", "Trial", "Wrapper", "RandomSearch",
     "make_strategy", "strategy_class", "strategy_parameters",
 ]

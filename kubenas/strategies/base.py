@@ -1,9 +1,8 @@
 """The strategy contract: ask for trials, tell results, save and restore state.
 
-Results arrive asynchronously and out of order (trainers finish when they
-finish), so `tell` may come for any pending trial, or twice for the same one.
-`state_dict` holds everything in JSON-safe data (tensors allowed, no pickle),
-so a restored strategy proposes exactly what the uninterrupted one would.
+`Strategy` is the contract (its docstring has the call order and an example);
+`Wrapper` stacks one strategy around another; `Trial`, `Result` and
+`TrainingDecision` are the plain data that cross the contract.
 """
 
 from __future__ import annotations
@@ -11,19 +10,22 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 from kubenas.errors import KubenasError
 from kubenas.spaces import Genotype, SearchSpace
 
 TrialStatus = Literal["succeeded", "failed", "stopped"]
+CONTINUE, STOP, PROMOTE = "continue", "stop", "promote"
+Action = Literal["continue", "stop", "promote"]
 
 
 @dataclass
 class Trial:
     id: str
     genotype: Genotype
-    # Epochs to train; None means the search's default (multi-fidelity sets it).
+    # Epochs to train towards; None means the search's default. A strategy that
+    # sets it schedules the trial's epochs and answers `report` for it.
     fidelity: Optional[int] = None
 
     def to_dict(self) -> dict:
@@ -36,13 +38,15 @@ class Trial:
 
 @dataclass
 class Result:
-    """What a trained child network reports. `reward` is None only for failures."""
+    """What a trained child network reports. `reward` is None only for failures
+    and for trials stopped before their full budget (see `MultiFidelity`)."""
 
     reward: Optional[float]
     status: TrialStatus = "succeeded"
     curve: list[float] = field(default_factory=list)  # per-epoch validation metric
     cost: dict[str, float] = field(default_factory=dict)  # params, multiply_adds, latency...
     error: Optional[str] = None
+    epochs: Optional[int] = None  # epochs actually trained (None: not known)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +54,22 @@ class Result:
     @classmethod
     def from_dict(cls, data: dict) -> "Result":
         return cls(**data)
+
+    def trained_epochs(self) -> Optional[int]:
+        """Epochs trained: as reported, else the curve's length, else unknown."""
+        return self.epochs or len(self.curve) or None
+
+
+@dataclass(frozen=True)
+class TrainingDecision:
+    """A scheduler's answer to a trial's epoch report."""
+
+    action: Action  # continue, promote (train on to `fidelity`), stop
+    fidelity: int  # epochs the trial trains to from now on
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class SearchExhausted(KubenasError):
@@ -95,7 +115,59 @@ def derive_seed(*parts: Any) -> int:
 
 
 class Strategy(ABC):
+    """A search strategy: proposes trials, learns from their results.
+
+    A strategy is a class with one abstract method, `ask` (one that proposes a
+    genotype at a time writes it as `self._ask_each(n, self._propose)`), and
+    learns in `_observe`; everything else has a default. The call order, the
+    same for every strategy and every wrapper:
+
+    1. `ask(n)` proposes up to n new trials (ids "t000000", "t000001", ...);
+       they stay in `pending` until their result is told.
+    2. `inject(genotype)` registers a trial the strategy did not propose (a warm
+       start, a wrapper's fallback); its result is told like any other.
+    3. While a trial trains: `report(trial_id, epoch, value)` after every epoch;
+       a strategy that schedules epochs (multi-fidelity) answers with a
+       `TrainingDecision`, the others with None.
+    4. `objective(trial_id, accuracy, cost)` turns a finished trial's accuracy
+       into the search's reward (the cost penalty, when there is one); call it
+       before `tell`, while the trial's estimated costs are still known.
+    5. `tell(trial_id, result)` once per trial, in any order (results arrive when
+       trainers finish); a repeat or an unknown id is ignored. `result.epochs`
+       says how long the trial trained; a strategy that is not `fidelity_aware`
+       is never told a partial accuracy as a reward (see `MultiFidelity`).
+    6. `state_dict()` at any time, JSON-safe (tensors allowed, no pickle);
+       `load_state_dict` on a fresh strategy built with the same arguments
+       restores it so that it proposes exactly what the uninterrupted one would.
+
+    `known_hash(trial_id)` and `stats()` let the process running the search read
+    what the strategy already knows (a genotype's hash, deduplication counts, the
+    policy's entropy) without looking inside wrappers.
+
+    >>> from kubenas.spaces import build_space
+    >>> from kubenas.strategies import Result, make_strategy
+    >>> space = build_space("nasbench201")
+    >>> strategy = make_strategy("random", space, seed=0)
+    >>> trials = strategy.ask(2)
+    >>> warm = strategy.inject(trials[0].genotype)
+    >>> strategy.report(trials[0].id, 1, 0.42) is None  # random search schedules no epochs
+    True
+    >>> for trial in reversed(trials + [warm]):
+    ...     reward = strategy.objective(trial.id, 0.9, {"params": 1e5})
+    ...     strategy.tell(trial.id, Result(reward=reward, epochs=12))
+    >>> strategy.pending
+    {}
+    >>> restored = make_strategy("random", space, seed=0)
+    >>> restored.load_state_dict(strategy.state_dict())
+    >>> restored.ask(1)[0].genotype == strategy.ask(1)[0].genotype
+    True
+    """
+
     name: ClassVar[str]
+    # True: told every result with the epochs it was trained for, partial ones
+    # included. False: told only final results; a trial stopped early arrives
+    # as status "stopped" with no reward.
+    fidelity_aware: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, seed: int = 0):
         self.space = space
@@ -104,20 +176,21 @@ class Strategy(ABC):
         self.next_id = 0
         self.pending: dict[str, Trial] = {}
 
+    # --- proposing -------------------------------------------------------------
+    @abstractmethod
+    def ask(self, n: int = 1) -> list[Trial]:
+        """Up to `n` new trials (registered with `_new_trial`), from everything told so far."""
+
     def _new_trial(self, genotype: Genotype, fidelity: Optional[int] = None) -> Trial:
         trial = Trial(id=f"t{self.next_id:06d}", genotype=genotype, fidelity=fidelity)
         self.next_id += 1
         self.pending[trial.id] = trial
         return trial
 
-    def ask(self, n: int = 1) -> list[Trial]:
-        return [self._new_trial(self._propose()) for _ in range(n)]
-
-    def tell(self, trial_id: str, result: Result) -> None:
-        trial = self.pending.pop(trial_id, None)
-        if trial is None:
-            return  # unknown or already told: results are idempotent by trial id
-        self._observe(trial, result)
+    def _ask_each(self, n: int, propose: Callable[[], Genotype]) -> list[Trial]:
+        """`ask` for strategies that propose one genotype at a time, each
+        proposal seeing the ones before it."""
+        return [self._new_trial(propose()) for _ in range(max(n, 0))]
 
     def inject(self, genotype: Genotype, fidelity: Optional[int] = None) -> Trial:
         """Register a trial this strategy did not propose (a warm start, or a
@@ -129,14 +202,34 @@ class Strategy(ABC):
     def _injected(self, trial: Trial) -> None:
         """Hook for strategies that keep per-trial bookkeeping from `ask`."""
 
-    @abstractmethod
-    def _propose(self) -> Genotype:
-        """One new genotype, from everything observed so far."""
+    # --- while training and when finished -----------------------------------------
+    def report(self, trial_id: str, epoch: int, value: float) -> Optional[TrainingDecision]:
+        """A trial's validation `value` after `epoch` epochs; None: no scheduler, train on."""
+        return None
 
-    @abstractmethod
+    def objective(self, trial_id: str, accuracy: Optional[float], cost: dict[str, float]) -> Optional[float]:
+        """The search's reward for a trial's accuracy and measured costs (the accuracy itself here)."""
+        return accuracy
+
+    def tell(self, trial_id: str, result: Result) -> None:
+        trial = self.pending.pop(trial_id, None)
+        if trial is None:
+            return  # unknown or already told: results are idempotent by trial id
+        self._observe(trial, result)
+
     def _observe(self, trial: Trial, result: Result) -> None:
-        """Learn from one finished trial (called once per trial)."""
+        """Learn from one finished trial (called once per trial); learns nothing by default."""
 
+    # --- what the search process may read ---------------------------------------------
+    def known_hash(self, trial_id: str) -> Optional[str]:
+        """The space's hash of a pending trial's genotype, if already computed."""
+        return None
+
+    def stats(self) -> dict[str, float]:
+        """Counters and gauges for the search's metrics (e.g. deduplicated, policy_entropy)."""
+        return {}
+
+    # --- state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -159,7 +252,9 @@ class Wrapper(Strategy):
     """A strategy around another one (dedup, constraints, multi-fidelity).
 
     Trials keep the inner strategy's ids, so wrappers stack in any order and
-    the runtime never needs to know which wrappers are present.
+    the runtime never needs to know which wrappers are present: every contract
+    method a wrapper does not answer itself goes to the inner strategy, and
+    `stats` merges the layers' counters.
     """
 
     def __init__(self, inner: Strategy):
@@ -167,16 +262,39 @@ class Wrapper(Strategy):
         self.inner = inner
         self.name = f"{type(self).name}({inner.name})"
 
-    def _propose(self) -> Genotype:  # pragma: no cover - wrappers override ask
-        raise NotImplementedError
+    @property  # type: ignore[override]
+    def fidelity_aware(self) -> bool:
+        return self.inner.fidelity_aware
 
-    def _observe(self, trial: Trial, result: Result) -> None:  # pragma: no cover
-        raise NotImplementedError
+    def ask(self, n: int = 1) -> list[Trial]:
+        trials = self.inner.ask(n)
+        for trial in trials:
+            self.pending[trial.id] = trial
+        return trials
 
     def inject(self, genotype: Genotype, fidelity: Optional[int] = None) -> Trial:
         trial = self.inner.inject(genotype, fidelity)
         self.pending[trial.id] = trial
         return trial
+
+    def report(self, trial_id: str, epoch: int, value: float) -> Optional[TrainingDecision]:
+        return self.inner.report(trial_id, epoch, value)
+
+    def objective(self, trial_id: str, accuracy: Optional[float], cost: dict[str, float]) -> Optional[float]:
+        return self.inner.objective(trial_id, accuracy, cost)
+
+    def tell(self, trial_id: str, result: Result) -> None:
+        if self.pending.pop(trial_id, None) is not None:
+            self.inner.tell(trial_id, result)
+
+    def known_hash(self, trial_id: str) -> Optional[str]:
+        return self.inner.known_hash(trial_id)
+
+    def stats(self) -> dict[str, float]:
+        return {**self.inner.stats(), **self._own_stats()}
+
+    def _own_stats(self) -> dict[str, float]:
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -186,3 +304,6 @@ class Wrapper(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.inner.load_state_dict(state["inner"])
+        # One object per trial through the stack, as after `ask`: a layer that updates a
+        # pending trial (its fidelity, on a promotion) updates the one the runtime holds.
+        self.pending = {k: self.inner.pending.get(k, t) for k, t in self.pending.items()}

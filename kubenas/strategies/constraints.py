@@ -13,6 +13,8 @@ paper's soft constraint, alpha = 0, beta = -1 its hard one.
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
@@ -20,6 +22,7 @@ from kubenas.spaces import Genotype
 from kubenas.strategies.base import Result, SearchExhausted, Strategy, Trial, Wrapper
 
 CostFn = Callable[[Genotype], Mapping[str, float]]
+log = logging.getLogger(__name__)
 
 
 def violations(cost: Mapping[str, float], limits: Mapping[str, float]) -> list[str]:
@@ -35,8 +38,8 @@ def violations(cost: Mapping[str, float], limits: Mapping[str, float]) -> list[s
 
 def mnas_reward(accuracy: float, cost: float, target: float, alpha: float = -0.07, beta: float = -0.07) -> float:
     """MnasNet's multi-objective reward acc * (cost / target) ** w."""
-    if target <= 0 or cost <= 0:
-        raise ValueError(f"mnas_reward: cost and target must be positive (got cost={cost}, target={target})")
+    if not (0 < target < math.inf and 0 < cost < math.inf):
+        raise ValueError(f"mnas_reward: cost and target must be finite and positive (got cost={cost}, target={target})")
     w = alpha if cost <= target else beta
     return accuracy * (cost / target) ** w
 
@@ -49,6 +52,15 @@ class SoftCost:
     target: float
     alpha: float = -0.07
     beta: float = -0.07
+
+    def __post_init__(self) -> None:
+        # Checked here, not at the first result: a bad target must not crash every resume.
+        if not 0 < self.target < math.inf:
+            raise ValueError(f"costPenalty.target: {self.target!r} is not accepted; give a finite cost above 0")
+        for field_name in ("alpha", "beta"):
+            value = getattr(self, field_name)
+            if not math.isfinite(value):
+                raise ValueError(f"costPenalty.weight: {value!r} is not accepted; give a finite number")
 
     def reward(self, accuracy: float, cost: Mapping[str, float]) -> float:
         if self.metric not in cost:
@@ -119,16 +131,30 @@ class Constrained(Wrapper):
         self.costs[trial.id] = cost
         return trial
 
+    def objective(self, trial_id: str, accuracy: Optional[float], cost: dict[str, float]) -> Optional[float]:
+        """MnasNet's reward, on the measured costs over the estimated ones; the one
+        place the cost penalty is computed."""
+        accuracy = self.inner.objective(trial_id, accuracy, cost)
+        if self.soft is None or accuracy is None:
+            return accuracy
+        try:
+            return float(self.soft.reward(accuracy, {**self.costs.get(trial_id, {}), **cost}))
+        except (KeyError, ValueError) as exc:
+            log.warning("trial %s: cost penalty not applied: %s", trial_id, exc)
+            return accuracy
+
     def tell(self, trial_id: str, result: Result) -> None:
-        trial = self.pending.pop(trial_id, None)
+        trial = self.pending.get(trial_id)
         if trial is None:
             return
+        reward = self.objective(trial_id, result.reward, result.cost)
+        del self.pending[trial_id]
         cost = {**self.costs.pop(trial_id, {}), **result.cost}
-        reward = result.reward
-        if self.soft is not None and reward is not None:
-            reward = self.soft.reward(reward, cost)
         self.inner.tell(trial_id, Result(reward=reward, status=result.status, curve=list(result.curve),
-                                         cost=cost, error=result.error))
+                                         cost=cost, error=result.error, epochs=result.epochs))
+
+    def _own_stats(self) -> dict[str, float]:
+        return {"constraint_rejected": float(self.rejected)}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

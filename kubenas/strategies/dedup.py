@@ -108,6 +108,12 @@ class Deduplicated(Wrapper):
         for waiter in self.waiting.pop(trial_id, []):
             self.inner.tell(waiter, result)
 
+    def known_hash(self, trial_id: str) -> Optional[str]:
+        return self.hashes.get(trial_id) or self.inner.known_hash(trial_id)
+
+    def _own_stats(self) -> dict[str, float]:
+        return {"deduplicated": float(self.hits), "dedup_fallbacks": float(self.fallbacks)}
+
     def lookup(self, genotype: Genotype) -> Optional[Result]:
         """The recorded result of an architecture, if this search evaluated it."""
         record = self.book.get(self.space.hash(genotype))

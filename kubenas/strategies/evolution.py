@@ -30,6 +30,9 @@ class RegularizedEvolution(Strategy):
         self.population: list[tuple[list[int], float]] = []  # oldest first
         self.proposed = 0
 
+    def ask(self, n: int = 1) -> list[Trial]:
+        return self._ask_each(n, self._propose)
+
     def _propose(self) -> Genotype:
         self.proposed += 1
         if self.proposed <= self.population_size or not self.population:

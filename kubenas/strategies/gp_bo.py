@@ -14,7 +14,8 @@ choice) column its own weight, so that conv_1x1 vs conv_3x3 may cost less
 than conv vs none; `additive=True` adds a first-order kernel. Rewards are
 rank-warped to normal scores by default, which spreads the good end of the
 accuracy scale the search cares about and squeezes the long tail of broken
-cells; failed trials count as the worst result seen.
+cells; trials without a reward (failed, or stopped early by a scheduler below
+the top of their rung) count as the worst result seen.
 
 Acquisition: expected improvement, maximised exactly over the whole space
 when it is small (NAS-Bench-201's 15,625 cells), otherwise over random
@@ -162,9 +163,6 @@ class GPBayesOpt(Strategy):
             trials.append(trial)
         return trials
 
-    def _propose(self) -> Genotype:  # pragma: no cover - ask is overridden
-        raise NotImplementedError
-
     def _injected(self, trial: Trial) -> None:
         self.pending_z[trial.id] = self._z_of(trial.genotype)
 
@@ -228,8 +226,8 @@ class GPBayesOpt(Strategy):
         cands = self._candidates()
         if len(cands) == 0:
             return self._random_z()
-        # Failed trials (constraint violations, crashes) count as the worst result seen,
-        # so the model steers away from where they happen.
+        # Trials without a reward (constraint violations, crashes, early stops) count as the
+        # worst result seen, so the model steers away from where they happen.
         F = self._features(np.asarray(self.z + self.failed))
         y = self._transform(np.asarray(self.y + [min(self.y)] * len(self.failed)))
         if self.theta is None or len(self.y) + len(self.failed) - self.fitted_at >= self.refit_every:

@@ -40,6 +40,9 @@ class LocalSearch(Strategy):
                 return ind
         return ind  # nearly exhausted space: a repeat (the dedup layer answers it)
 
+    def ask(self, n: int = 1) -> list[Trial]:
+        return self._ask_each(n, self._propose)
+
     def _propose(self) -> Genotype:
         ind: Optional[list[int]] = None
         if self.to_start > 0 or self.centre is None:

@@ -4,7 +4,7 @@ Schedulers are pure decision logic on learning curves. A trainer reports the
 validation metric after every epoch; the scheduler answers
 - `continue`: keep training towards the trial's current fidelity;
 - `promote`: the trial reached its fidelity and earned more epochs
-  (`Decision.fidelity` is the new target);
+  (`TrainingDecision.fidelity` is the new target);
 - `stop`: end the trial now (early stopped, or the last epoch is done).
 
 `ASHA` is asynchronous successive halving (Li et al. 2020): rungs at
@@ -20,31 +20,34 @@ strictly worse than the median of the running averages of completed trials
 up to the same epoch, once `min_trials` have completed.
 
 `MultiFidelity` wraps any strategy: its trials carry `fidelity`, and its
-`report(trial_id, epoch, value)` answers with the scheduler's decision.
+`report(trial_id, epoch, value)` answers with the scheduler's decision. An
+early-stopped trial's accuracy is not a final reward: a strategy that is not
+`fidelity_aware` is told only results trained to `max_epochs`; a trial
+stopped before reaches it as status "stopped" with no reward. A fidelity-aware
+strategy is told every result with its epochs.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
-from kubenas.strategies.base import Result, Strategy, Trial, Wrapper
+from kubenas.spaces import Genotype
+from kubenas.strategies.base import (
+    CONTINUE,
+    PROMOTE,
+    STOP,
+    Result,
+    Strategy,
+    Trial,
+    TrainingDecision,
+    Wrapper,
+)
 
-CONTINUE, STOP, PROMOTE = "continue", "stop", "promote"
-Action = Literal["continue", "stop", "promote"]
 Mode = Literal["max", "min"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: Action
-    fidelity: int  # epochs the trial trains to from now on
-    reason: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["ASHA", "CONTINUE", "PROMOTE", "STOP", "MedianStopping", "MultiFidelity", "Scheduler",
+           "TrainingDecision", "quantile", "rung_epochs"]
 
 
 def rung_epochs(min_epochs: int, max_epochs: int, eta: int) -> list[int]:
@@ -72,6 +75,8 @@ def quantile(values: list[float], q: float) -> float:
 class Scheduler(ABC):
     """Decides per epoch; state is JSON-safe."""
 
+    name: ClassVar[str]
+
     def __init__(self, max_epochs: int, mode: Mode = "max"):
         if max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1 (got {max_epochs})")
@@ -97,18 +102,18 @@ class Scheduler(ABC):
         return self.max_epochs
 
     @abstractmethod
-    def decide(self, trial_id: str, epoch: int, value: float) -> Decision:
+    def decide(self, trial_id: str, epoch: int, value: float) -> TrainingDecision:
         """The answer to a trial's report of `value` after `epoch` (1-based) epochs."""
 
     def finish(self, trial_id: str, status: str, curve: Optional[list[float]] = None) -> None:
         self.fidelity.pop(trial_id, None)
 
-    def _end_or_continue(self, trial_id: str, epoch: int) -> Optional[Decision]:
+    def _end_or_continue(self, trial_id: str, epoch: int) -> Optional[TrainingDecision]:
         target = self.fidelity.setdefault(trial_id, self._first_fidelity(trial_id))
         if epoch >= self.max_epochs:
-            return Decision(STOP, epoch, f"finished: reached max_epochs={self.max_epochs}")
+            return TrainingDecision(STOP, epoch, f"finished: reached max_epochs={self.max_epochs}")
         if epoch < target:
-            return Decision(CONTINUE, target)
+            return TrainingDecision(CONTINUE, target)
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -146,7 +151,7 @@ class ASHA(Scheduler):
             self.bracket[trial_id] = b
         return self.rungs[self.bracket[trial_id]]
 
-    def decide(self, trial_id: str, epoch: int, value: float) -> Decision:
+    def decide(self, trial_id: str, epoch: int, value: float) -> TrainingDecision:
         early = self._end_or_continue(trial_id, epoch)
         b = self.bracket.get(trial_id, 0)
         if epoch in self.rungs and epoch < self.max_epochs:
@@ -158,10 +163,10 @@ class ASHA(Scheduler):
         cutoff = quantile(values, 1 - 1 / self.eta)
         if self._score(value) >= cutoff:
             self.fidelity[trial_id] = self.rungs[k + 1]
-            return Decision(PROMOTE, self.rungs[k + 1],
-                            f"in the top 1/{self.eta} of {len(values)} at {epoch} epochs")
-        return Decision(STOP, epoch, f"below the top 1/{self.eta} of {len(values)} at {epoch} epochs "
-                                     f"(cutoff {self._score(cutoff):g})")
+            return TrainingDecision(PROMOTE, self.rungs[k + 1],
+                                    f"in the top 1/{self.eta} of {len(values)} at {epoch} epochs")
+        return TrainingDecision(STOP, epoch, f"below the top 1/{self.eta} of {len(values)} at {epoch} epochs "
+                                             f"(cutoff {self._score(cutoff):g})")
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -189,7 +194,7 @@ class MedianStopping(Scheduler):
         self.curves: dict[str, list[float]] = {}
         self.completed: list[str] = []
 
-    def decide(self, trial_id: str, epoch: int, value: float) -> Decision:
+    def decide(self, trial_id: str, epoch: int, value: float) -> TrainingDecision:
         curve = self.curves.setdefault(trial_id, [])
         del curve[epoch - 1:]  # a re-sent report replaces what followed it
         curve.extend([value] * (epoch - len(curve)))
@@ -198,19 +203,19 @@ class MedianStopping(Scheduler):
             return early
         target = self.fidelity[trial_id]
         if epoch < self.start_epoch:
-            return Decision(CONTINUE, target, f"before start_epoch={self.start_epoch}")
+            return TrainingDecision(CONTINUE, target, f"before start_epoch={self.start_epoch}")
         averages = [sum(c[:epoch]) / epoch for t, c in ((t, self.curves[t]) for t in self.completed)
                     if t != trial_id and len(c) >= epoch]
         if len(averages) < self.min_trials:
-            return Decision(CONTINUE, target, f"{len(averages)} completed trials reached epoch {epoch}; "
-                                              f"min_trials={self.min_trials}")
+            return TrainingDecision(CONTINUE, target, f"{len(averages)} completed trials reached epoch {epoch}; "
+                                                      f"min_trials={self.min_trials}")
         median = quantile([self._score(a) for a in averages], 0.5)
         best = max(self._score(v) for v in curve[:epoch])
         if best < median:
-            return Decision(STOP, epoch, f"best {self._score(best):g} is worse than the median "
-                                         f"{self._score(median):g} of {len(averages)} completed trials "
-                                         f"at epoch {epoch}")
-        return Decision(CONTINUE, target)
+            return TrainingDecision(STOP, epoch, f"best {self._score(best):g} is worse than the median "
+                                                 f"{self._score(median):g} of {len(averages)} completed trials "
+                                                 f"at epoch {epoch}")
+        return TrainingDecision(CONTINUE, target)
 
     def finish(self, trial_id: str, status: str, curve: Optional[list[float]] = None) -> None:
         super().finish(trial_id, status, curve)
@@ -242,19 +247,22 @@ class MultiFidelity(Wrapper):
     def ask(self, n: int = 1) -> list[Trial]:
         trials = self.inner.ask(n)
         for trial in trials:
+            if trial.fidelity is not None:
+                raise ValueError(f"{self.inner.name} schedules its own epochs: it cannot run under early "
+                                 f"stopping ({self.scheduler.name}) as well")
             trial.fidelity = self.scheduler.start(trial.id)
             self.pending[trial.id] = trial
         return trials
 
-    def inject(self, genotype, fidelity: Optional[int] = None) -> Trial:
+    def inject(self, genotype: Genotype, fidelity: Optional[int] = None) -> Trial:
         trial = super().inject(genotype, fidelity)
         trial.fidelity = self.scheduler.start(trial.id)
         return trial
 
-    def report(self, trial_id: str, epoch: int, value: float) -> Decision:
+    def report(self, trial_id: str, epoch: int, value: float) -> TrainingDecision:
         trial = self.pending.get(trial_id)
         if trial is None:
-            return Decision(STOP, epoch, "unknown or finished trial")
+            return TrainingDecision(STOP, epoch, "unknown or finished trial")
         decision = self.scheduler.decide(trial_id, epoch, value)
         trial.fidelity = decision.fidelity if decision.action != STOP else trial.fidelity
         return decision
@@ -264,7 +272,19 @@ class MultiFidelity(Wrapper):
         if trial is None:
             return
         self.scheduler.finish(trial_id, result.status, result.curve)
+        if not self.inner.fidelity_aware and self._partial(result):
+            result = Result(reward=None, status="stopped", curve=list(result.curve), cost=dict(result.cost),
+                            error=result.error or f"stopped after {result.trained_epochs()} of "
+                                                  f"{self.scheduler.max_epochs} epochs",
+                            epochs=result.epochs)
         self.inner.tell(trial_id, result)
+
+    def _partial(self, result: Result) -> bool:
+        """Stopped, or succeeded short of max_epochs: an accuracy that is not a final reward."""
+        if result.status == "stopped":
+            return True
+        trained = result.trained_epochs()
+        return result.status == "succeeded" and trained is not None and trained < self.scheduler.max_epochs
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -274,7 +294,3 @@ class MultiFidelity(Wrapper):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.scheduler.load_state_dict(state["scheduler"])
-        # The inner strategy's pending trials are the ones the runtime holds: keep one object.
-        for trial_id, trial in self.pending.items():
-            if trial_id in self.inner.pending:
-                self.inner.pending[trial_id] = trial

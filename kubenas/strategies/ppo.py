@@ -1,4 +1,4 @@
-"""The NASNet controller trained with PPO (Schulman et al. 2017), as in Zoph et al. 2018:
+"""The NASNet policy trained with PPO (Schulman et al. 2017), as in Zoph et al. 2018:
 learning rate 3.5e-4, entropy weight 1e-5, EMA baseline 0.95, 20 architectures per minibatch."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from kubenas.spaces import SearchSpace
-from kubenas.strategies.controller import PolicyGradient
+from kubenas.strategies.policy_gradient import PolicyGradient
 
 
 class PPO(PolicyGradient):

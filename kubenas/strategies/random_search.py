@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from kubenas.spaces import Genotype
-from kubenas.strategies.base import Result, Strategy, Trial
+from kubenas.strategies.base import Strategy, Trial
 
 
 class RandomSearch(Strategy):
+    """Uniform over the space. It learns nothing, so the base class's `tell`
+    (which retires the trial) is all it needs."""
+
     name = "random"
 
-    def _propose(self) -> Genotype:
-        return self.space.sample(self.rng)
-
-    def _observe(self, trial: Trial, result: Result) -> None:
-        pass  # random search learns nothing
+    def ask(self, n: int = 1) -> list[Trial]:
+        return self._ask_each(n, lambda: self.space.sample(self.rng))

@@ -1,11 +1,11 @@
-"""The NASNet controller trained with REINFORCE (Williams 1992) and the moving-average
+"""The NASNet policy trained with REINFORCE (Williams 1992) and the moving-average
 baseline, as in Zoph & Le 2017."""
 
 from __future__ import annotations
 
 import torch
 
-from kubenas.strategies.controller import PolicyGradient
+from kubenas.strategies.policy_gradient import PolicyGradient
 
 
 class Reinforce(PolicyGradient):

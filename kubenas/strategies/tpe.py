@@ -82,9 +82,6 @@ class TPE(Strategy):
             trials.append(trial)
         return trials
 
-    def _propose(self) -> Genotype:  # pragma: no cover - ask is overridden
-        raise NotImplementedError
-
     def _injected(self, trial: Trial) -> None:
         params = self._params(trial.genotype)
         frozen = self._optuna.trial.create_trial(state=self._optuna.trial.TrialState.RUNNING,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kubenas.spaces import build_space
-from kubenas.strategies import Result, make_strategy
+from kubenas.strategies import Result, Strategy, make_strategy
+from kubenas.strategies.dedup import Deduplicated
 from kubenas.strategies.multifidelity import (
     ASHA,
     CONTINUE,
@@ -153,3 +154,87 @@ def test_wrapper_with_median_stopping_runs_to_max_epochs():
     for e in range(1, 5):
         assert mf.report(t.id, e, 0.1 * e).action == CONTINUE
     assert mf.report(t.id, 5, 0.5).action == STOP
+
+
+# --- rewards know their fidelity ---------------------------------------------------------------
+def run_to_the_end(mf, trial, values):
+    """Report `values` epoch by epoch until the scheduler stops the trial; tell the result as a trainer would."""
+    curve = []
+    for epoch, value in enumerate(values, 1):
+        curve.append(value)
+        decision = mf.report(trial.id, epoch, value)
+        if decision.action == STOP:
+            break
+    status = "succeeded" if len(curve) == len(values) else "stopped"
+    mf.tell(trial.id, Result(reward=curve[-1], status=status, curve=curve, epochs=len(curve)))
+    return status
+
+
+def test_evolution_never_takes_an_early_stopped_trial_into_its_population():
+    space = build_space("nasbench201")
+    evo = make_strategy("evolution", space, seed=0, population=50, sample=2)
+    mf = MultiFidelity(evo, ASHA(max_epochs=9, min_epochs=1, eta=3))
+    trials = mf.ask(8)
+    finals, statuses = [], []
+    for k, t in enumerate(trials):
+        values = [0.1 * (k % 5) + 0.01 * e for e in range(1, 10)]
+        statuses.append(run_to_the_end(mf, t, values))
+        if statuses[-1] == "succeeded":
+            finals.append(values[-1])
+    assert "stopped" in statuses and "succeeded" in statuses
+    assert [r for _, r in evo.population] == pytest.approx(finals)
+    assert not mf.pending and not evo.pending
+
+
+def test_a_stopped_trial_leaves_the_policy_baseline_unchanged():
+    space = build_space("nasbench201")
+    ppo = make_strategy("ppo", space, seed=0, batch=50)
+    mf = MultiFidelity(ppo, ASHA(max_epochs=9, min_epochs=1, eta=3))
+    good, poor = mf.ask(2)
+    assert mf.report(good.id, 1, 0.5).action == PROMOTE
+    assert run_to_the_end(mf, poor, [0.1] * 9) == "stopped"
+    assert ppo.baseline is None and ppo.buffer == [] and poor.id not in ppo.pending and poor.id not in ppo.meta
+    mf.tell(good.id, Result(reward=0.9, curve=[0.5] * 8 + [0.9], epochs=9))
+    assert ppo.baseline == 0.9 and len(ppo.buffer) == 1
+
+
+def test_a_result_short_of_max_epochs_reaches_a_plain_strategy_without_its_reward():
+    space = build_space("nasbench201")
+    evo = make_strategy("evolution", space, seed=0, population=5, sample=2)
+    told = []
+    evo._observe = lambda trial, result: told.append(result)  # noqa: SLF001 - spy on what it is told
+    mf = MultiFidelity(evo, ASHA(max_epochs=9, min_epochs=1, eta=3))
+    short, full, unknown = mf.ask(3)
+    mf.tell(short.id, Result(reward=0.7, status="succeeded", curve=[0.6, 0.65, 0.7], epochs=3))
+    mf.tell(full.id, Result(reward=0.8, epochs=9))
+    mf.tell(unknown.id, Result(reward=0.75))  # no epochs, no curve: taken as trained to its budget
+    assert [(r.status, r.reward, r.epochs) for r in told] == [("stopped", None, 3), ("succeeded", 0.8, 9),
+                                                               ("succeeded", 0.75, None)]
+    assert "3 of 9 epochs" in told[0].error and told[0].curve == [0.6, 0.65, 0.7]
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_a_fidelity_aware_strategy_sees_genotype_epochs_and_reward(dedup):
+    space = build_space("nasbench201")
+
+    class Aware(Strategy):
+        name = "aware"
+        fidelity_aware = True
+
+        def __init__(self, space, seed=0):
+            super().__init__(space, seed)
+            self.seen = []
+
+        def ask(self, n=1):
+            return self._ask_each(n, lambda: space.sample(self.rng))
+
+        def _observe(self, trial, result):
+            self.seen.append((trial.genotype, result.epochs, result.reward, result.status))
+
+    aware = Aware(space)
+    mf = MultiFidelity(Deduplicated(aware) if dedup else aware, ASHA(max_epochs=9, min_epochs=1, eta=3))
+    a, b = mf.ask(2)
+    mf.report(a.id, 1, 0.6)
+    assert run_to_the_end(mf, b, [0.2] * 9) == "stopped"
+    mf.tell(a.id, Result(reward=0.9, epochs=9))
+    assert aware.seen == [(b.genotype, 1, 0.2, "stopped"), (a.genotype, 9, 0.9, "succeeded")]

@@ -167,7 +167,7 @@ def test_make_strategy_names_unknown_parameters_and_strategies():
     assert strategy_parameters("ppo")["entropy_weight"] == pytest.approx(1e-5)
 
 
-def test_rl_controller_keeps_the_nasnet_settings():
+def test_rl_policy_keeps_the_nasnet_settings():
     ppo = make_strategy("ppo", build_space("nasnet"), seed=0)
     assert ppo.model.cell.hidden_size == 100
     assert [h.out_features for h in ppo.model.heads][:5] == [2, 2, 13, 13, 2]  # inputs, ops, combine
@@ -208,3 +208,14 @@ def test_importing_strategies_loads_neither_torch_nor_optuna():
             "print('torch' in sys.modules, 'optuna' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_the_policy_advantage_is_measured_against_earlier_rewards_only():
+    ppo = make_strategy("ppo", NB201, seed=0, batch=50)
+    first, second, third = ppo.ask(3)
+    ppo.tell(first.id, Result(reward=0.5))
+    ppo.tell(second.id, Result(reward=0.9))
+    ppo.tell(third.id, Result(reward=0.9))
+    baseline_before_third = 0.95 * 0.5 + 0.05 * 0.9
+    assert [b["advantage"] for b in ppo.buffer] == pytest.approx([0.0, 0.4, 0.9 - baseline_before_third])
+    assert ppo.baseline == pytest.approx(0.95 * baseline_before_third + 0.05 * 0.9)

@@ -26,6 +26,9 @@ class Scripted(Strategy):
         self.k = 0
         self.told: list[tuple[str, Result]] = []
 
+    def ask(self, n=1):
+        return self._ask_each(n, self._propose)
+
     def _propose(self):
         g = self.genotypes[self.k % len(self.genotypes)]
         self.k += 1

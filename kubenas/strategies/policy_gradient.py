@@ -1,5 +1,6 @@
-"""The NASNet controller (Zoph et al. 2018): an LSTM that samples a space's
-decisions one after another, trained by policy gradient on child rewards.
+"""The NASNet policy (Zoph et al. 2018; the paper calls it the controller): an
+LSTM that samples a space's decisions one after another, trained by policy
+gradient on child rewards.
 
 One LSTM cell (100 hidden units by default) runs over the decision sequence;
 step t reads the embedding of the choice made at step t-1 (a learned start
@@ -7,8 +8,9 @@ vector at t=0) and a softmax head of its own picks decision t (heads differ in
 size: operations, inputs, combines, numeric bins). For nasnet that is, block
 by block and for both cells, input_a, input_b, op_a, op_b, combine.
 
-Rewards arrive asynchronously: each is turned into an advantage against an
-exponential moving average baseline when it arrives and buffered; every
+Rewards arrive asynchronously: each is turned into an advantage when it
+arrives, against the exponential moving average of the rewards that arrived
+before it (then the average takes the new reward in), and buffered; every
 `batch` buffered architectures make one update (PPO or REINFORCE, see the
 subclasses). Log-probabilities are stored at sampling time for PPO's ratio.
 
@@ -17,20 +19,21 @@ This module imports torch; `kubenas.strategies` imports it only on demand.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
 
-from kubenas.spaces import Genotype, SearchSpace
+from kubenas.spaces import SearchSpace
 from kubenas.strategies.base import Result, Strategy, Trial
 from kubenas.strategies.encoding import Encoding
 
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """The controller is tiny: threads only contend (badly, on a busy node). The
+    """The policy is tiny: threads only contend (badly, on a busy node). The
     process's own setting is restored afterwards."""
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -40,7 +43,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
-class ControllerLSTM(nn.Module):
+class PolicyLSTM(nn.Module):
     def __init__(self, sizes: list[int], hidden: int = 100):
         super().__init__()
         self.sizes = list(sizes)
@@ -79,7 +82,7 @@ class ControllerLSTM(nn.Module):
 
 
 class PolicyGradient(Strategy):
-    """The controller's shared machinery; subclasses define the loss."""
+    """The policy's shared machinery; subclasses define the loss."""
 
     def __init__(self, space: SearchSpace, seed: int = 0, hidden: int = 100, lr: float = 3.5e-4,
                  entropy_weight: float = 1e-5, baseline_decay: float = 0.95, batch: int = 20):
@@ -91,7 +94,7 @@ class PolicyGradient(Strategy):
         self.baseline_decay = baseline_decay
         self.batch = batch
         self.generator = torch.Generator().manual_seed(seed)
-        self.model = ControllerLSTM(self.encoding.sizes, hidden)
+        self.model = PolicyLSTM(self.encoding.sizes, hidden)
         self.model.reset_parameters(self.generator)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.baseline: Optional[float] = None
@@ -106,7 +109,7 @@ class PolicyGradient(Strategy):
             return []
         with torch.no_grad(), one_thread():
             actions, logp, entropy = self.model(n, generator=self.generator)
-        # Reported as kubenas_controller_policy_entropy; derived, so not checkpointed.
+        # Read through stats() for the search's metrics; derived, so not checkpointed.
         self.policy_entropy = float(entropy.mean())
         trials = []
         for a, lp in zip(actions.tolist(), logp.tolist()):
@@ -114,9 +117,6 @@ class PolicyGradient(Strategy):
             self.meta[trial.id] = {"actions": a, "logp": lp}
             trials.append(trial)
         return trials
-
-    def _propose(self) -> Genotype:  # pragma: no cover - ask is overridden
-        raise NotImplementedError
 
     def _injected(self, trial: Trial) -> None:
         actions = self.encoding.indices(trial.genotype)
@@ -130,11 +130,13 @@ class PolicyGradient(Strategy):
         if meta is None or result.reward is None:
             return  # failed children teach nothing (NASNet drops them too)
         reward = float(result.reward)
+        # Against earlier rewards only: a reward in its own baseline would shrink its advantage.
+        advantage = 0.0 if self.baseline is None else reward - self.baseline
         if self.baseline is None:
             self.baseline = reward
         else:
             self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * reward
-        self.buffer.append({**meta, "reward": reward, "advantage": reward - self.baseline})
+        self.buffer.append({**meta, "reward": reward, "advantage": advantage})
         while len(self.buffer) >= self.batch:
             minibatch, self.buffer = self.buffer[: self.batch], self.buffer[self.batch:]
             with one_thread():
@@ -155,8 +157,12 @@ class PolicyGradient(Strategy):
     def _steps_per_update(self) -> int:
         return 1
 
+    @abstractmethod
     def _loss(self, logp: torch.Tensor, old_logp: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The policy loss of a minibatch (to minimise)."""
+
+    def stats(self) -> dict[str, float]:
+        return {} if self.policy_entropy is None else {"policy_entropy": self.policy_entropy}
 
     # --- state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
