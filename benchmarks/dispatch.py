@@ -37,6 +37,7 @@ from benchmarks.runtime_harness import (  # noqa: E402
     write_manifest,
 )
 from kubenas.local.redis_server import RedisServer  # noqa: E402
+from tests.support import fake_trainer  # noqa: E402
 
 
 def summarize(timings: list[dict]) -> dict:
@@ -77,7 +78,7 @@ def pod_per_trial(url: str, work: Path, concurrency: int, trials: int, fsync: bo
             while len(running) < concurrency:
                 # One fresh interpreter per trial: import, connect, claim one trial, post, exit.
                 running.append(subprocess.Popen(
-                    [PY, "-m", "kubenas_trainer", "--redis-url", url, "--namespace", "bench", "--name", name,
+                    [*fake_trainer.command(PY), "--redis-url", url, "--namespace", "bench", "--name", name,
                      "--fake-work", "0", "--max-trials", "1", "--metrics-port", "-1", "--log-level", "WARNING"],
                     stdout=log, stderr=subprocess.STDOUT))
             time.sleep(0.002)

@@ -1,9 +1,10 @@
 """Shared parts of the runtime benchmarks (dispatch.py, scale.py): an embedded
 Redis, a real controller process, and simulated zero-work trainers.
 
-Simulated trainers are the real `kubenas_trainer.trainer.Trainer` loop with
-fake work, run as threads in a few worker processes (256 interpreters would
-not fit a small machine): `python benchmarks/runtime_harness.py worker ...`.
+Simulated trainers are the real `kubenas_trainer.trainer.Trainer` loop doing no
+work (`tests/support/fake_trainer.py`), run as threads in a few worker processes
+(256 interpreters would not fit a small machine):
+`python benchmarks/runtime_harness.py worker ...`.
 """
 
 from __future__ import annotations
@@ -108,12 +109,13 @@ def worker(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--fake-work", type=float, default=0.0)
     args = p.parse_args(argv)
     from kubenas.queue.keys import SearchKeys
-    from kubenas.queue.redis_queue import connect
-    from kubenas_trainer.trainer import Options, Trainer
+    from kubenas.queue.connection import connect
+    from kubenas_trainer.trainer import TrainerOptions
+    from tests.support.fake_trainer import FakeTrainer
 
     keys = SearchKeys("bench", args.name)
-    trainers = [Trainer(connect(args.redis_url), keys, Options(consumer=f"{args.prefix}-{i}", fake_work=args.fake_work,
-                                                               block_ms=1000))
+    trainers = [FakeTrainer(connect(args.redis_url), keys, TrainerOptions(consumer=f"{args.prefix}-{i}", block_ms=1000),
+                            work_seconds=args.fake_work)
                 for i in range(args.threads)]
 
     def terminate(*_: object) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.kube_cluster import RunningCluster, start_test_cluster
 from tests.support.node_agent import RunningNodeAgent, expand, start_node_agent
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -81,14 +82,7 @@ class Kubectl:
         return self.get("pods", selector=selector)["items"]
 
     def wait_for(self, what: str, probe, timeout: float = 120, interval: float = 0.5):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.agent.diagnostics()}")
-            time.sleep(interval)
+        return wait_for(what, probe, timeout, interval, details=self.agent.diagnostics)
 
     def ready_pods(self, selector: str) -> list[dict]:
         return [p for p in self.pods(selector) if is_ready(p) and not p["metadata"].get("deletionTimestamp")]

@@ -41,6 +41,7 @@ import yaml
 
 from tests.support.kube_cluster import KUBECTL, RunningCluster, cache_dir, start_test_cluster
 from tests.support.node_agent import RunningNodeAgent, start_node_agent
+from tests.support.waiting import wait_for
 
 # A hard bound (setup and teardown included); a run takes 1-2 minutes on two loaded cores.
 pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(480)]
@@ -150,14 +151,7 @@ class MiniCluster:
         return "\n".join(parts)
 
     def wait_for(self, what: str, probe: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-            time.sleep(interval)
+        return wait_for(what, probe, timeout, interval)
 
 
 def is_ready(pod: dict) -> bool:

@@ -25,13 +25,11 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import pytest
 import yaml
@@ -41,6 +39,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.kube_cluster import KUBECTL, RunningCluster, cache_dir, start_test_cluster  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 CHART = ROOT / "helm" / "kubenas"
 CRD_SOURCE = ROOT / "crds" / "architecturesearches.kubenas.io.yaml"
@@ -301,18 +301,6 @@ def test_rendered_environment_is_accepted_by_the_operator(tmp_path: Path) -> Non
 
 # --- helm install into a real API server ------------------------------------------------
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
-
-
 def get(cluster: RunningCluster, *args: str) -> dict:
     return json.loads(cluster.kubectl("get", "-o", "json", *args).stdout)
 
@@ -396,12 +384,6 @@ def test_searches_are_accepted_and_listed(installed: RunningCluster) -> None:
     assert out.splitlines()[1].split()[0] == "cifar10-nasnet"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     with open(log, "ab") as out:
@@ -453,7 +435,7 @@ def test_operator_runs_with_the_charts_identity_and_environment(installed: Runni
         "users": [{"name": "operator", "user": {"token": token}}],
         "contexts": [{"name": "operator", "context": {"cluster": "test", "user": "operator"}}],
         "current-context": "operator"}))
-    health_port, metrics_port = _free_port(), _free_port()
+    health_port, metrics_port = free_port(), free_port()
     # Only what differs from a pod: files and ports on this host, the kubeconfig instead of in-cluster login.
     env.update(KUBENAS_OPERATOR_PASSWORD_KEY_FILE=str(key_file), KUBENAS_OPERATOR_KUBECONFIG=str(kubeconfig),
                KUBENAS_OPERATOR_LIVENESS=f"http://127.0.0.1:{health_port}/healthz",

@@ -5,11 +5,11 @@ garbage collection. Driven with kubectl, as a user would."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from tests.support.kube_cluster import RunningCluster, start_test_cluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -18,18 +18,6 @@ pytestmark = pytest.mark.kube
 def cluster(tmp_path_factory) -> RunningCluster:
     with start_test_cluster(tmp_path_factory.mktemp("kube-apiserver")) as running:
         yield running
-
-
-def wait_for(what: str, probe, timeout: float = 60, interval: float = 0.5):
-    """Poll ``probe`` until it returns something truthy; fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def test_configmap_round_trip_and_rbac(cluster: RunningCluster):

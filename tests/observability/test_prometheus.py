@@ -22,15 +22,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import pytest
 import yaml
@@ -38,6 +36,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tests.support import fake_trainer  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 CHART = ROOT / "helm" / "kubenas"
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
@@ -308,27 +310,6 @@ def test_promtool_unit_tests_fire_the_alerts(tmp_path: Path) -> None:
 
 # --- a real search, scraped by a real Prometheus ----------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.5,
-             logs: tuple[Path, ...] = ()) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {p.name}:\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
-                              for p in logs if p.exists())
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})\n{tails}")
-        time.sleep(interval)
-
-
 def http_get(url: str, timeout: float = 5) -> Optional[str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -438,7 +419,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
             # The zero-work trainer starts alone: it fails the first trials on every attempt, so the
             # controller records them as failed (dead-lettered) before the real trainer can take them.
             procs.start("trainer-1", [
-                py, "-m", "kubenas_trainer", "--redis-url", redis_server.url, "--namespace", NAMESPACE,
+                *fake_trainer.command(py), "--redis-url", redis_server.url, "--namespace", NAMESPACE,
                 "--name", NAME, "--trainer-id", "trainer-1", "--metrics-port", str(ports["trainer-1"]),
                 "--lease-seconds", lease, "--fake-work", "1.0", "--fake-fail", ",".join(FAILING_TRIALS)])
             controller_metrics = f"http://127.0.0.1:{ports['controller']}/metrics"

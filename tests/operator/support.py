@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from tests.support.kube_cluster import RunningCluster
+from tests.support.net import free_port  # noqa: F401 - used here and by the operator tests
+from tests.support.waiting import wait_for  # noqa: F401 - likewise
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "architecturesearches.kubenas.io.yaml"
@@ -29,28 +31,6 @@ OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"
 CONTROLLER_IMAGE = "registry.example.com/kubenas/controller:test"
 TRAINER_IMAGE = "registry.example.com/kubenas/trainer:test"
 SESSION_GLOB = "kn-*"
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30, interval: float = 0.25) -> Any:
-    """Poll until `probe()` is truthy; fail naming `what` (and the last value) after `timeout`."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while True:
-        try:
-            value = probe()
-        except AssertionError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

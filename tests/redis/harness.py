@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -18,6 +17,7 @@ import yaml
 
 from kubenas.queue.keys import SearchKeys
 from kubenas.spec import ArchitectureSearchSpec
+from tests.support import fake_trainer
 
 
 def spec_dict(max_trials: int = 10, parallelism: int = 2, epochs: int = 2, algorithm: str = "random",
@@ -48,17 +48,6 @@ def write_manifest(path: Path, keys: SearchKeys, **kwargs: Any) -> Path:
                 "metadata": {"name": keys.name, "namespace": keys.namespace}, "spec": spec_dict(**kwargs)}
     path.write_text(yaml.safe_dump(manifest))
     return path
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str = "condition", interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def read_summary(url: str, keys: SearchKeys) -> Optional[dict]:
@@ -94,11 +83,12 @@ class InProcess:
     """A controller and trainers in threads of this process (fast: no interpreter start-ups)."""
 
     def __init__(self, url: str, keys: SearchKeys, spec: ArchitectureSearchSpec, checkpoint_dir: Path,
-                 trainers: int = 2, fake_work: float = 0.0, lease: float = 2.0,
+                 trainers: int = 2, fake_work: float = 0.0, lease: float = 2.0, fail: tuple[str, ...] = (),
                  trainer_options: Optional[dict] = None, controller_options: Optional[dict] = None):
-        from kubenas.queue.redis_queue import connect
-        from kubenas_controller.controller import Controller, Options as ControllerOptions
-        from kubenas_trainer.trainer import Options as TrainerOptions, Trainer
+        from kubenas.queue.connection import connect
+        from kubenas_controller.controller import Controller, ControllerOptions
+        from kubenas_trainer.trainer import TrainerOptions
+        from tests.support.fake_trainer import FakeTrainer
 
         self.url, self.keys = url, keys
         self.errors: list[BaseException] = []
@@ -107,10 +97,10 @@ class InProcess:
         self.controller = Controller(spec, keys, connect(url), str(checkpoint_dir), ControllerOptions(**copts))
         self.trainers = []
         for i in range(trainers):
-            topts = dict(lease_seconds=lease, block_ms=100, fake_work=fake_work)
+            topts = dict(lease_seconds=lease, block_ms=100)
             topts.update(trainer_options or {})
             topts["consumer"] = f"trainer-{i}"
-            self.trainers.append(Trainer(connect(url), keys, TrainerOptions(**topts)))
+            self.trainers.append(FakeTrainer(connect(url), keys, TrainerOptions(**topts), fake_work, fail))
         self.threads: list[threading.Thread] = []
         self.controller_rc: Optional[int] = None
 
@@ -169,7 +159,8 @@ def controller_cmd(manifest: Path, url: str, checkpoint_dir: Path, *extra: str) 
 
 
 def trainer_cmd(url: str, keys: SearchKeys, trainer_id: str, fake_work: float, lease: float, *extra: str) -> list[str]:
-    return [PY, "-m", "kubenas_trainer", "--redis-url", url, "--namespace", keys.namespace, "--name", keys.name,
+    """A zero-work trainer process (tests/support/fake_trainer.py): the real trainer's protocol."""
+    return [*fake_trainer.command(PY), "--redis-url", url, "--namespace", keys.namespace, "--name", keys.name,
             "--trainer-id", trainer_id, "--fake-work", str(fake_work), "--lease-seconds", str(lease),
             "--metrics-port", "-1", *extra]
 

@@ -26,9 +26,9 @@ from tests.redis.harness import (
     spawn,
     stop_all,
     trainer_cmd,
-    wait_for,
     write_manifest,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 
@@ -62,7 +62,7 @@ def test_a_trainer_killed_mid_trial_loses_nothing(redis_server, keys, tmp_path):
     procs["a"] = spawn(trainer_cmd(url, keys, "a", 3.0, lease), logs["a"])
     procs["b"] = spawn(trainer_cmd(url, keys, "b", 3.0, lease) + ["--metrics-port", str(tport)], logs["b"])
     try:
-        line = wait_for(lambda: log_lines(logs["a"], "started trial"), 60, "trainer a to start a trial")[0]
+        line = wait_for("trainer a to start a trial", lambda: log_lines(logs["a"], "started trial"), 60, interval=0.05)[0]
         victim = re.search(r"started trial (\S+)", line).group(1)
         time.sleep(0.5)
         procs["a"].send_signal(signal.SIGKILL)
@@ -98,7 +98,7 @@ def test_a_killed_and_restarted_controller_repeats_and_loses_nothing(redis_serve
         for threshold in (8, 22):
             controllers.append(spawn(controller_cmd(manifest, url, ck, "--lease-seconds", "5"),
                                      tmp_path / "controller.log"))
-            wait_for(lambda: done(read_summary(url, keys)) >= threshold, 60, f"{threshold} trials done")
+            wait_for(f"{threshold} trials done", lambda: done(read_summary(url, keys)) >= threshold, 60, interval=0.05)
             controllers[-1].send_signal(signal.SIGKILL)
             controllers[-1].wait(10)
             time.sleep(0.3)
@@ -153,7 +153,7 @@ def test_redis_killed_and_restarted_with_aof_the_search_continues(own_redis, key
     url = own_redis.url
     procs, logs = _search_with(url, keys, tmp_path, max_trials=30)
     try:
-        wait_for(lambda: done(read_summary(url, keys)) >= 8, 60, "8 trials done")
+        wait_for("8 trials done", lambda: done(read_summary(url, keys)) >= 8, 60, interval=0.05)
         own_redis.kill()  # SIGKILL: appendfsync everysec may lose the last second
         time.sleep(1.5)
         own_redis.start()
@@ -169,7 +169,7 @@ def test_redis_unreachable_for_30_seconds_every_process_recovers(own_redis, keys
     url = own_redis.url
     procs, logs = _search_with(url, keys, tmp_path, max_trials=20, trainers=2, fake_work=0.5)
     try:
-        wait_for(lambda: done(read_summary(url, keys)) >= 4, 60, "4 trials done")
+        wait_for("4 trials done", lambda: done(read_summary(url, keys)) >= 4, 60, interval=0.05)
         own_redis.pause()  # SIGSTOP: connections hang and time out, like a network partition
         began = time.monotonic()
         while time.monotonic() - began < 30:
@@ -194,13 +194,14 @@ def test_sigterm_hands_the_trial_back_at_once(redis_server, keys, tmp_path):
     procs = [spawn(controller_cmd(manifest, url, tmp_path / "ck", "--lease-seconds", str(lease)), logs["controller"]),
              spawn(trainer_cmd(url, keys, "a", 40.0, lease), logs["a"])]
     try:
-        wait_for(lambda: log_lines(logs["a"], "started trial t000000"), 60, "trainer a to start")
+        wait_for("trainer a to start", lambda: log_lines(logs["a"], "started trial t000000"), 60, interval=0.05)
         procs.append(spawn(trainer_cmd(url, keys, "b", 1.0, lease), logs["b"]))
-        wait_for(lambda: log_lines(logs["b"], "trainer b for search"), 60, "trainer b to be up")
+        wait_for("trainer b to be up", lambda: log_lines(logs["b"], "trainer b for search"), 60, interval=0.05)
         began = time.monotonic()
         procs[1].send_signal(signal.SIGTERM)
         assert procs[1].wait(10) == 0
-        wait_for(lambda: log_lines(logs["b"], "started trial t000000"), 10, "trainer b to take the trial over")
+        wait_for("trainer b to take the trial over", lambda: log_lines(logs["b"], "started trial t000000"), 10,
+                 interval=0.05)
         assert time.monotonic() - began < 5  # handed back, not waited out (the lease is 30 s)
         assert procs[0].wait(60) == 0
     finally:

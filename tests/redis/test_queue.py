@@ -10,7 +10,9 @@ import redis
 
 from kubenas.queue.keys import SearchKeys
 from kubenas.queue.messages import ResultMessage, TrialMessage, decode_entry, DeadLetterMessage
-from kubenas.queue.redis_queue import Claim, Limits, Rejected, TrialQueue, connect, redact
+from kubenas.queue.connection import connect, redact
+from kubenas.queue.controller_side import ControllerQueue, Limits, RejectedEntry
+from kubenas.queue.trainer_side import Claim, TrainerQueue
 from kubenas.spec import TrainingSpec
 
 pytestmark = pytest.mark.redis
@@ -28,16 +30,25 @@ def result(keys: SearchKeys, claim: Claim, **kw) -> ResultMessage:
                             "attempt": claim.attempt, "status": "succeeded", "reward": 0.5, **kw})
 
 
+LEASE = 0.3
+
+
 @pytest.fixture()
-def queue(redis_server, keys) -> TrialQueue:
-    q = TrialQueue(connect(redis_server.url), keys, lease_seconds=0.3)
+def queue(redis_server, keys) -> ControllerQueue:
+    """The controller's side."""
+    q = ControllerQueue(connect(redis_server.url), keys)
     q.ensure_groups()
     return q
 
 
-def other(queue: TrialQueue) -> TrialQueue:
-    """A second process's view of the same queue."""
-    return TrialQueue(queue.r, queue.keys, lease_seconds=queue.lease_ms / 1000)
+def trainer(queue: ControllerQueue, consumer: str) -> TrainerQueue:
+    """A trainer process's side of the same queue."""
+    return TrainerQueue(queue.r, queue.keys, consumer, lease_seconds=LEASE)
+
+
+def other(queue: ControllerQueue) -> ControllerQueue:
+    """A second controller process's view of the same queue."""
+    return ControllerQueue(queue.r, queue.keys)
 
 
 def test_publishing_is_idempotent(queue, keys):
@@ -52,43 +63,69 @@ def test_publishing_is_idempotent(queue, keys):
 
 def test_a_heartbeat_keeps_the_lease_and_an_expired_lease_moves_the_trial(queue, keys):
     queue.publish([trial(keys)])
-    a, b = queue, other(queue)
-    claim = a.claim("a", block_ms=10)
+    a, b = trainer(queue, "a"), trainer(queue, "b")
+    claim = a.claim(block_ms=10)
     assert isinstance(claim, Claim) and claim.attempt == 1 and not claim.reclaimed
     for _ in range(4):  # heartbeats for longer than the lease: nobody takes it over
         time.sleep(0.15)
-        assert a.heartbeat(claim, "a") == (True, None)
-        assert b.claim("b", block_ms=10) is None
+        assert a.heartbeat(claim) == (True, None)
+        assert b.claim(block_ms=10) is None
     time.sleep(0.4)  # no heartbeat past the lease
-    taken = b.claim("b", block_ms=10)
+    taken = b.claim(block_ms=10)
     assert isinstance(taken, Claim) and taken.reclaimed and taken.attempt == 2
     assert taken.trial == claim.trial
-    owned, _ = a.heartbeat(claim, "a")
+    owned, _ = a.heartbeat(claim)
     assert owned is False  # the old owner learns it lost the trial
+
+
+def test_a_trainer_whose_lease_was_taken_over_cannot_settle_the_new_owners_trial(queue, keys):
+    queue.publish([trial(keys, max_attempts=1)])
+    a, b = trainer(queue, "a"), trainer(queue, "b")
+    stale = a.claim(block_ms=10)
+    time.sleep(LEASE + 0.2)  # a stops heartbeating past its lease
+    taken = b.claim(block_ms=10)
+    assert isinstance(taken, Claim) and taken.reclaimed
+
+    def pending_owners() -> list[str]:
+        return [p["consumer"].decode() for p in queue.r.xpending_range(keys.trials, "trainers", "-", "+", 10)]
+
+    assert a.acknowledge(stale) is False  # refused: the entry is b's now
+    assert pending_owners() == ["b"]
+    assert a.dead_letter(stale, result(keys, stale, status="failed", reward=None, error="x")) is False
+    assert a.retry_later(stale, "RuntimeError: late") is False and a.hand_back(stale) is False
+    assert pending_owners() == ["b"] and queue.r.xlen(keys.dead_letter) == 0 and a.last_error("t000000") is None
+    # a's late result is kept (the controller applies the first result of a trial), b's entry stays.
+    assert a.complete(stale, result(keys, stale)) is False
+    assert pending_owners() == ["b"] and queue.r.xlen(keys.results) == 1
+    assert b.heartbeat(taken) == (True, None)  # b trains on, undisturbed
+    assert b.complete(taken, result(keys, taken)) is True and pending_owners() == []
 
 
 def test_an_error_hands_the_trial_back_at_once_and_costs_an_attempt(queue, keys):
     queue.publish([trial(keys)])
-    claim = queue.claim("a", block_ms=10)
-    assert queue.retry_later(claim, "a", "CUDA error: out of memory")
-    again = other(queue).claim("b", block_ms=10)  # no lease wait
+    a = trainer(queue, "a")
+    claim = a.claim(block_ms=10)
+    assert a.retry_later(claim, "CUDA error: out of memory")
+    again = trainer(queue, "b").claim(block_ms=10)  # no lease wait
     assert isinstance(again, Claim) and again.attempt == 2
-    assert queue.last_error("t000000") == "CUDA error: out of memory"
+    assert a.last_error("t000000") == "CUDA error: out of memory"
 
 
 def test_sigterm_hand_back_does_not_cost_an_attempt(queue, keys):
     queue.publish([trial(keys)])
-    claim = queue.claim("a", block_ms=10)
-    assert queue.hand_back(claim, "a")
-    again = other(queue).claim("b", block_ms=10)
+    a = trainer(queue, "a")
+    claim = a.claim(block_ms=10)
+    assert a.hand_back(claim)
+    again = trainer(queue, "b").claim(block_ms=10)
     assert isinstance(again, Claim) and again.attempt == 1 and again.reclaimed
-    assert queue.hand_back(claim, "a") is False  # no longer its trial
+    assert a.hand_back(claim) is False  # no longer its trial
 
 
 def test_completing_posts_the_result_and_acknowledges_atomically(queue, keys):
     queue.publish([trial(keys)])
-    claim = queue.claim("a", block_ms=10)
-    queue.complete(claim, result(keys, claim))
+    a = trainer(queue, "a")
+    claim = a.claim(block_ms=10)
+    a.complete(claim, result(keys, claim))
     assert queue.r.xpending(keys.trials, "trainers")["pending"] == 0
     entries, rejected = queue.read(block_ms=10)
     assert not rejected and [e.message.trial_id for e in entries] == ["t000000"]
@@ -100,8 +137,9 @@ def test_completing_posts_the_result_and_acknowledges_atomically(queue, keys):
 
 def test_the_controller_rereads_unacknowledged_results_after_a_restart(queue, keys):
     queue.publish([trial(keys)])
-    claim = queue.claim("a", block_ms=10)
-    queue.complete(claim, result(keys, claim))
+    a = trainer(queue, "a")
+    claim = a.claim(block_ms=10)
+    a.complete(claim, result(keys, claim))
     entries, _ = queue.read(block_ms=10)
     assert len(entries) == 1
     restarted = other(queue)  # a new controller process: reads its own pending entries first
@@ -111,11 +149,13 @@ def test_the_controller_rereads_unacknowledged_results_after_a_restart(queue, ke
 
 def test_dead_letter(queue, keys):
     queue.publish([trial(keys, max_attempts=1)])
-    claim = queue.claim("a", block_ms=10)
-    queue.retry_later(claim, "a", "RuntimeError: boom")
-    over = other(queue).claim("b", block_ms=10)
+    a = trainer(queue, "a")
+    claim = a.claim(block_ms=10)
+    a.retry_later(claim, "RuntimeError: boom")
+    b = trainer(queue, "b")
+    over = b.claim(block_ms=10)
     assert over.attempt == 2 > over.trial.max_attempts
-    queue.dead_letter(over, result(keys, over, status="failed", reward=None, error="failed 1 attempts; boom"))
+    b.dead_letter(over, result(keys, over, status="failed", reward=None, error="failed 1 attempts; boom"))
     letters = queue.r.xrange(keys.dead_letter)
     assert decode_entry(letters[0][1], DeadLetterMessage).trial.trial_id == "t000000"
     entries, _ = queue.read(block_ms=10)
@@ -129,8 +169,9 @@ def test_malformed_entries_are_rejected_and_removed(queue, keys):
     queue.r.xadd(keys.trials, {b"wrong": b"field"})
     queue.r.xadd(keys.results, {b"m": b'{"truncated": '})
     queue.r.xadd(keys.progress, {b"m": b"[]"})
-    outcomes = [queue.claim("a", block_ms=10) for _ in range(5)]
-    assert all(isinstance(o, Rejected) for o in outcomes), outcomes
+    a = trainer(queue, "a")
+    outcomes = [a.claim(block_ms=10) for _ in range(5)]
+    assert all(isinstance(o, RejectedEntry) for o in outcomes), outcomes
     assert queue.r.xlen(keys.trials) == 0  # deleted, so no trainer sees them again
     entries, rejected = queue.read(block_ms=10)
     assert not entries and {r.stream for r in rejected} == {"results", "progress"}
@@ -139,24 +180,24 @@ def test_malformed_entries_are_rejected_and_removed(queue, keys):
 def test_messages_for_another_search_are_rejected(queue, keys):
     stranger = trial(SearchKeys("other", "search"))
     queue.r.xadd(keys.trials, {b"m": stranger.encode()})
-    got = queue.claim("a", block_ms=10)
-    assert isinstance(got, Rejected) and "not" in got.reason
+    got = trainer(queue, "a").claim(block_ms=10)
+    assert isinstance(got, RejectedEntry) and "not" in got.reason
 
 
 def test_searches_sharing_one_redis_use_separate_keys(redis_server):
     a, b = SearchKeys("ns", "one"), SearchKeys("ns", "two")
-    qa, qb = (TrialQueue(connect(redis_server.url), k) for k in (a, b))
+    qa, qb = (ControllerQueue(connect(redis_server.url), k) for k in (a, b))
     for q, k in ((qa, a), (qb, b)):
         q.ensure_groups()
         q.publish([trial(k)])
     assert all(key.startswith(a.prefix + ":") for key in a.all())
     assert not set(a.all()) & set(b.all())
-    assert qa.claim("x", block_ms=10).trial.search == "ns/one"
-    assert qb.claim("x", block_ms=10).trial.search == "ns/two"
+    assert trainer(qa, "x").claim(block_ms=10).trial.search == "ns/one"
+    assert trainer(qb, "x").claim(block_ms=10).trial.search == "ns/two"
 
 
 def test_streams_are_capped(redis_server, keys):
-    q = TrialQueue(connect(redis_server.url), keys, limits=Limits(progress=500))
+    q = TrainerQueue(connect(redis_server.url), keys, "a", limits=Limits(progress=500))
     q.ensure_groups()
     from kubenas.queue.messages import ProgressMessage
 
@@ -204,9 +245,9 @@ def test_tls_with_a_password(tmp_path, keys):
         "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"))
     with server:
         url = f"rediss://:pw@127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
-        q = TrialQueue(connect(url), keys)
+        q = ControllerQueue(connect(url), keys)
         q.ensure_groups()
         q.publish([trial(keys)])
-        assert q.claim("a", block_ms=10).trial.trial_id == "t000000"
+        assert trainer(q, "a").claim(block_ms=10).trial.trial_id == "t000000"
         with pytest.raises(redis.ConnectionError):  # plain TCP to the TLS port fails
             connect(f"redis://:pw@127.0.0.1:{port}/0", socket_timeout=2).ping()

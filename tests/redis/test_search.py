@@ -11,7 +11,8 @@ from prometheus_client import REGISTRY
 
 from kubenas.queue.keys import CONTROLLER_GROUP
 from kubenas.queue.messages import ResultMessage
-from tests.redis.harness import InProcess, by_kind, done, events, make_spec, read_summary, wait_for
+from tests.redis.harness import InProcess, by_kind, done, events, make_spec, read_summary
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -43,7 +44,7 @@ def test_malformed_messages_are_rejected_and_the_search_goes_on(redis_server, ke
     spec = make_spec(max_trials=20, parallelism=2)
     run = InProcess(redis_server.url, keys, spec, tmp_path / "ck", trainers=2, fake_work=0.1).start()
     r = run.controller.queue.r
-    wait_for(lambda: done(read_summary(redis_server.url, keys)) >= 3, 30, "first results")
+    wait_for("first results", lambda: done(read_summary(redis_server.url, keys)) >= 3, 30, interval=0.05)
     garbage = [b"not json", b'{"v": 1, "kind": "result", "trial_id": "t0000', b"\xff" * 64, b"[" * 100_000,
                b"x" * (1 << 20), json.dumps({"v": 1, "kind": "result", "search": keys.search}).encode(),
                json.dumps({"v": 1, "kind": "result", "search": keys.search, "trial_id": "t000001", "trainer": "x",
@@ -85,7 +86,7 @@ def test_a_redelivered_trial_finished_twice_counts_once(redis_server, keys, tmp_
 def test_a_trial_failing_every_attempt_is_dead_lettered(redis_server, keys, tmp_path):
     spec = make_spec(max_trials=6, parallelism=2, max_failed=1)
     run = InProcess(redis_server.url, keys, spec, tmp_path / "ck", trainers=2, fake_work=0.05,
-                    trainer_options={"fake_fail": ("t000002",)}, controller_options={"max_attempts": 2})
+                    fail=("t000002",), controller_options={"max_attempts": 2})
     summary = run.start().wait(60)
     assert summary["finishReason"] == "MaxTrialsReached"
     assert summary["trials"]["failed"] == 1 and summary["trials"]["succeeded"] == 5
@@ -99,7 +100,7 @@ def test_too_many_failed_trials_fail_the_search(redis_server, keys, tmp_path):
     spec = make_spec(max_trials=20, parallelism=2, max_failed=1)
     fail = tuple(f"t{i:06d}" for i in range(20))
     run = InProcess(redis_server.url, keys, spec, tmp_path / "ck", trainers=2, fake_work=0.0,
-                    trainer_options={"fake_fail": fail}, controller_options={"max_attempts": 1})
+                    fail=fail, controller_options={"max_attempts": 1})
     summary = run.start().wait(60)
     assert summary["finished"] and summary["finishReason"] == "TooManyFailedTrials"
     assert summary["trials"]["failed"] >= 2 and summary["trials"]["total"] < 20  # trials in flight may fail too
@@ -144,11 +145,12 @@ def test_early_stopping_decisions_take_effect_at_the_epoch_they_answer(redis_ser
 
 def test_a_fresh_controller_clears_the_leftovers_of_an_earlier_search_of_the_same_name(redis_server, keys, tmp_path):
     from kubenas.queue.messages import TrialMessage
-    from kubenas.queue.redis_queue import TrialQueue, connect
+    from kubenas.queue.connection import connect
+    from kubenas.queue.controller_side import ControllerQueue
     from kubenas.spec import TrainingSpec
-    from kubenas_trainer.trainer import fake_reward
+    from tests.support.fake_trainer import fake_reward
 
-    stale = TrialQueue(connect(redis_server.url), keys)
+    stale = ControllerQueue(connect(redis_server.url), keys)
     stale.ensure_groups()
     old = {"space": "nasbench201", "cell": "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|", "hparams": {}}
     stale.publish([TrialMessage(search=keys.search, trial_id="t000000", genotype=old, epochs=1,

@@ -18,7 +18,6 @@ Outcomes:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -32,19 +31,16 @@ from redis.exceptions import ResponseError
 
 from kubenas import metrics
 from kubenas.errors import InvalidGenotype
+from kubenas.queue.connection import RETRYABLE, Outage, is_transient
 from kubenas.queue.keys import SearchKeys
 from kubenas.queue.messages import ControlMessage, ProgressMessage, ResultMessage, TrialMessage, clip_error
-from kubenas.queue.redis_queue import RETRYABLE, Claim, Outage, Rejected, TrialQueue, is_transient
+from kubenas.queue.trainer_side import Claim, RejectedEntry, TrainerQueue
 
 log = logging.getLogger("kubenas.trainer")
 
 
-class TrialInterrupted(Exception):
-    """The fake-work path's twin of kubenas.training.TrialInterrupted (no torch import)."""
-
-
 @dataclass
-class Options:
+class TrainerOptions:
     consumer: str
     lease_seconds: float = 30.0
     heartbeat_seconds: Optional[float] = None  # default: a third of the lease
@@ -53,12 +49,12 @@ class Options:
     threads: Optional[int] = None
     max_trials: Optional[int] = None  # exit after this many trials (tests, one-shot pods)
     exit_when_done: bool = False  # exit once the search's summary says finished
-    fake_work: Optional[float] = None  # tests and benchmarks only: sleep this long instead of training
-    fake_fail: tuple[str, ...] = ()  # tests only: these trial ids raise an error in fake work
 
 
 @dataclass
-class Outcome:
+class TrialOutcome:
+    """What training one trial produced."""
+
     status: str  # succeeded, diverged, stopped
     reward: float
     curve: list[float]
@@ -68,19 +64,13 @@ class Outcome:
     reason: Optional[str] = None
 
 
-def fake_reward(genotype: dict) -> float:
-    """A reward that depends only on the genotype, in [0.1, 0.9] (fake work)."""
-    digest = hashlib.sha256(json.dumps(genotype, sort_keys=True).encode()).digest()
-    return 0.1 + 0.8 * int.from_bytes(digest[:4], "big") / 2 ** 32
-
-
 class Trainer:
-    def __init__(self, client: redis.Redis, keys: SearchKeys, options: Options):
+    def __init__(self, client: redis.Redis, keys: SearchKeys, options: TrainerOptions):
         self.keys = keys
         self.search = keys.search
         self.options = options
         self.consumer = options.consumer
-        self.queue = TrialQueue(client, keys, lease_seconds=options.lease_seconds)
+        self.queue = TrainerQueue(client, keys, options.consumer, lease_seconds=options.lease_seconds)
         self.terminating = threading.Event()
         self.closed = threading.Event()
         self.current: Optional[Claim] = None
@@ -120,7 +110,7 @@ class Trainer:
                         log.info("the search has finished; exiting")
                         break
                     waited = time.monotonic()
-                    got = self.queue.claim(self.consumer, self.options.block_ms)
+                    got = self.queue.claim(self.options.block_ms)
                     metrics.IDLE_SECONDS.labels(self.search).inc(time.monotonic() - waited)
                     self._outage.ok()
                 except RETRYABLE as exc:
@@ -139,7 +129,7 @@ class Trainer:
                     continue
                 if got is None:
                     continue
-                if isinstance(got, Rejected):
+                if isinstance(got, RejectedEntry):
                     metrics.MESSAGES_REJECTED.labels(self.search, got.stream).inc()
                     metrics.TRAINER_TRIALS.labels(self.search, "rejected").inc()
                     log.warning("rejected entry %s in %s: %s", got.entry_id, got.stream, got.reason)
@@ -196,7 +186,7 @@ class Trainer:
         log.info("started trial %s attempt %d%s", trial.trial_id, claim.attempt,
                  " (taken over)" if claim.reclaimed else "")
         try:
-            outcome = self._run(claim)
+            outcome = self._train(claim)
         except Exception as exc:  # noqa: BLE001 - sorted below
             self.current = None
             self._failed(claim, exc)
@@ -234,11 +224,11 @@ class Trainer:
                                f"{_where(exc)})")
             log.error("trial %s attempt %d failed: %s", trial.trial_id, claim.attempt, error)
             self._free_memory()
-            if self._safe(lambda: self.queue.retry_later(claim, self.consumer, error)):
+            if self._safe(lambda: self.queue.retry_later(claim, error)):
                 metrics.TRAINER_TRIALS.labels(self.search, "retried").inc()
 
     def _hand_back(self, claim: Claim) -> None:
-        if self._safe(lambda: self.queue.hand_back(claim, self.consumer)):
+        if self._safe(lambda: self.queue.hand_back(claim)):
             metrics.TRAINER_TRIALS.labels(self.search, "handed_back").inc()
             log.info("handed trial %s back (terminating)", claim.trial.trial_id)
 
@@ -259,8 +249,11 @@ class Trainer:
         deadline = None
         while True:
             try:
-                self.queue.complete(claim, result)
+                owned = self.queue.complete(claim, result)
                 self._outage.ok()
+                if not owned:
+                    log.warning("trial %s: another trainer took it over meanwhile; result posted, its entry left "
+                                "to the new owner", claim.trial.trial_id)
                 return True
             except (RETRYABLE + (ResponseError,)) as exc:
                 if isinstance(exc, ResponseError) and not is_transient(exc):
@@ -334,7 +327,7 @@ class Trainer:
             if claim is None:
                 continue
             try:
-                owned, control = self.queue.heartbeat(claim, self.consumer)
+                owned, control = self.queue.heartbeat(claim)
             except RETRYABLE as exc:
                 log.debug("heartbeat failed: %s", exc)
                 continue
@@ -351,35 +344,8 @@ class Trainer:
                 self.stop_control = control
 
     # --- the work itself ----------------------------------------------------------------
-    def _run(self, claim: Claim) -> Outcome:
-        if self.options.fake_work is not None:
-            return self._fake(claim)
-        return self._train(claim)
-
-    def _fake(self, claim: Claim) -> Outcome:
-        """Tests and benchmarks: the protocol without training (no torch)."""
-        trial = claim.trial
-        if trial.trial_id in self.options.fake_fail:
-            raise RuntimeError(f"injected failure of {trial.trial_id}")
-        reward = fake_reward(trial.genotype)
-        per_epoch = (self.options.fake_work or 0.0) / trial.epochs
-        curve: list[float] = []
-        for epoch in range(1, trial.epochs + 1):
-            if per_epoch > 0:
-                end = time.monotonic() + per_epoch
-                while time.monotonic() < end:
-                    if self.interrupt.wait(min(0.05, max(0.0, end - time.monotonic()))):
-                        break
-            if self.interrupt.is_set():
-                raise TrialInterrupted(f"interrupted in epoch {epoch}")
-            value = reward * (epoch / trial.epochs) ** 0.5
-            curve.append(value)
-            report = _Report(epoch, 1.0 - value, value, value, per_epoch, 0.0)
-            if not self._on_epoch(claim, report) and epoch < trial.epochs:
-                return Outcome("stopped", value, curve, {}, epoch, "fake", f"stopped after epoch {epoch}")
-        return Outcome("succeeded", curve[-1] if curve else reward, curve, {}, trial.epochs, "fake")
-
-    def _train(self, claim: Claim) -> Outcome:
+    def _train(self, claim: Claim) -> TrialOutcome:
+        """Train the trial's network on its dataset (tests replace just this: tests/support/fake_trainer.py)."""
         import torch
 
         from kubenas.spaces import space_of
@@ -408,7 +374,7 @@ class Trainer:
                 "train_seconds": float(outcome.seconds)}
         if trial.measure_latency:
             cost["latency_seconds"] = self._latency(genotype, cfg)
-        return Outcome(outcome.status, float(outcome.reward), [r.val_acc for r in outcome.curve], cost,
+        return TrialOutcome(outcome.status, float(outcome.reward), [r.val_acc for r in outcome.curve], cost,
                        len(outcome.curve), outcome.device, outcome.reason)
 
     def _latency(self, genotype: dict, cfg: Any) -> float:
@@ -443,16 +409,6 @@ class Trainer:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-@dataclass
-class _Report:
-    epoch: int
-    train_loss: float
-    train_acc: float
-    val_acc: float
-    seconds: float
-    images_per_second: float
 
 
 def _fraction(value: Any) -> Optional[float]:
