@@ -14,10 +14,14 @@ their JSON schema into a *structural* OpenAPI v3 schema the API server accepts
 - every status field is declared: the API server prunes undeclared fields
   silently.
 
-Cross-field rules are CEL `x-kubernetes-validations`, listed here beside the
-pydantic validators they mirror (tests/operator checks both reject the same
-manifests). `kubenas crd` prints the result; crds/ holds the generated file and
-tests/unit/test_crd.py fails when the two drift.
+Cross-field rules are CEL `x-kubernetes-validations`: those the spec models carry
+themselves (`kubenas.spec.cel_rules` beside the validator they mirror), those of
+the search-space models listed here, and the operations of each space taken
+from the spaces themselves. A field the models mark `IMMUTABLE` gets a
+transition rule (`self == oldSelf`) naming it. tests/operator checks that the
+API server and the models reject the same manifests. `kubenas crd` prints the
+result; crds/ holds the generated file and tests/unit/test_crd.py fails when the
+two drift.
 """
 
 from __future__ import annotations
@@ -27,14 +31,19 @@ from typing import Any
 
 import yaml
 
+from kubenas.spaces.darts import DARTS_OPERATIONS
+from kubenas.spaces.nasbench201 import NB201_OPERATIONS
+from kubenas.spaces.nasnet import NASNET_OPERATIONS
 from kubenas.spec import (
     API_VERSION,
     GROUP,
+    IMMUTABLE,
     KIND,
     PLURAL,
     VERSION,
     ArchitectureSearchSpec,
     ArchitectureSearchStatus,
+    hyperparameter_rules,
 )
 
 SINGULAR = "architecturesearch"
@@ -58,8 +67,27 @@ _KEPT = (
 )
 _FORMATS = {"date-time", "int32", "int64", "float", "double", "byte", "uri", "uuid"}
 
-# CEL rules per model ($defs name), each mirroring a pydantic validator or a
-# build_space check, so `kubectl apply` fails with the same message `kubenas run` gives.
+# The operations each space offers (searchSpace.operations picks a subset of its space's own).
+SPACE_OPERATIONS: dict[str, tuple[str, ...]] = {
+    "nasnet": NASNET_OPERATIONS, "darts": DARTS_OPERATIONS, "nasbench201": NB201_OPERATIONS,
+}
+
+
+def _operation_rules() -> list[dict[str, str]]:
+    rules = []
+    for space, operations in SPACE_OPERATIONS.items():
+        is_space = f"self.type == '{space}'" if space != "nasnet" else "(!has(self.type) || self.type == 'nasnet')"
+        names = ", ".join(f"'{op}'" for op in operations)
+        rules.append({
+            "rule": f"!has(self.operations) || !({is_space}) || self.operations.all(op, op in [{names}])",
+            "message": f"searchSpace.operations: the {space} space offers only {', '.join(operations)}",
+        })
+    return rules
+
+
+# CEL rules per model ($defs name) of the search-space section (kubenas/spaces/config.py),
+# each mirroring a pydantic validator or a build_space check, so `kubectl apply`
+# fails with the same message `kubenas run` gives.
 # Fields with defaults may be absent when a rule runs (the API server checks the
 # `default: {}` of a parent against its rules too): guard them with has().
 MODEL_RULES: dict[str, list[dict[str, str]]] = {
@@ -77,6 +105,12 @@ MODEL_RULES: dict[str, list[dict[str, str]]] = {
         {
             "rule": "!has(self.combines) || !has(self.type) || self.type == 'nasnet'",
             "message": "searchSpace.combines: only the nasnet space has combines",
+        },
+        *_operation_rules(),
+        {
+            "rule": "!has(self.operations) || self.operations.exists(op, op != 'none')",
+            "message": "searchSpace.operations: with only 'none' every cell outputs zero and no architecture "
+                       "can learn; add an operation with weights or a skip",
         },
     ],
     "HyperparameterSpec": [
@@ -96,6 +130,7 @@ MODEL_RULES: dict[str, list[dict[str, str]]] = {
             "rule": "self.type == 'categorical' || !self.log || !has(self.low) || self.low > 0.0",
             "message": "hyperparameter: log scale needs low > 0",
         },
+        *hyperparameter_rules(),
     ],
     "Toleration": [
         {
@@ -105,14 +140,29 @@ MODEL_RULES: dict[str, list[dict[str, str]]] = {
     ],
 }
 
-# Transition rules per field path: what a running search is built from cannot
-# change under it (the controller's checkpoint would no longer match). The
-# budget, suspend and the pod settings stay editable.
+# Transition rules for the fields the spec models mark IMMUTABLE: what a running
+# search is built from cannot change under it (the controller's checkpoint would
+# no longer match). The budget, suspend and the pod settings stay editable.
+_IMMUTABLE_MARK = next(iter(IMMUTABLE))
 _IMMUTABLE = "is immutable once the search exists; create a new ArchitectureSearch to change it"
-PATH_RULES: dict[str, list[dict[str, str]]] = {
-    f"spec.{field}": [{"rule": "self == oldSelf", "message": f"spec.{field} {_IMMUTABLE}"}]
-    for field in ("searchSpace", "strategy", "objective", "training", "redis")
-}
+
+
+def immutable_rule(path: str) -> dict[str, str]:
+    return {"rule": "self == oldSelf", "message": f"{path} {_IMMUTABLE}"}
+
+
+def _immutable_paths(model: Any = ArchitectureSearchSpec, path: str = "spec") -> list[str]:
+    paths = []
+    for name, field in model.model_fields.items():
+        child = f"{path}.{field.alias or name}"
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(_IMMUTABLE_MARK):
+            paths.append(child)
+        elif isinstance(field.annotation, type) and hasattr(field.annotation, "model_fields"):
+            paths += _immutable_paths(field.annotation, child)
+    return paths
+
+
+PATH_RULES: dict[str, list[dict[str, str]]] = {path: [immutable_rule(path)] for path in _immutable_paths()}
 
 ROOT_RULES = [{
     # The name labels every pod of the search (app.kubernetes.io/instance): a label value.
@@ -184,7 +234,7 @@ class _Converter:
             out = {k: v for k, v in out.items() if k in ("description",)}
             out["x-kubernetes-preserve-unknown-fields"] = True
 
-        rules = []
+        rules = list(out.pop("x-kubernetes-validations", []))  # the model's or the field's own
         if model in MODEL_RULES:
             rules += MODEL_RULES[model]
             self.used_model_rules.add(model)

@@ -8,14 +8,12 @@ Field names are Kubernetes-style camelCase on the wire, snake_case in Python.
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
-import yaml
-from pydantic import BeforeValidator, Field, ValidationError, WithJsonSchema, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from kubenas.errors import InvalidSpec, describe_validation_error
-from kubenas.spaces.config import CamelModel, SearchSpaceSpec
+from kubenas.spaces.config import CamelModel, HyperparameterName, SearchSpaceSpec
 
 GROUP = "kubenas.io"
 VERSION = "v1alpha1"
@@ -24,7 +22,31 @@ PLURAL = "architecturesearches"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 # The strategy registry must offer exactly these (a test checks it).
-STRATEGY_NAMES = ("random", "ppo", "reinforce", "evolution", "local-search", "tpe", "gp-bo")
+STRATEGY_NAMES = ("random", "ppo", "reinforce", "evolution", "local-search", "tpe", "gp-bo", "bohb")
+# The parameters each strategy accepts, with their JSON types: the CRD refuses an
+# unknown name or a wrong type at admission, and so does `kubenas run`.
+# tests/unit/test_spec_models.py checks this table against the strategies' constructors.
+STRATEGY_PARAMETERS: dict[str, dict[str, str]] = {
+    "random": {},
+    "evolution": {"population": "integer", "sample": "integer"},
+    "local-search": {"initial": "integer"},
+    "tpe": {"multivariate": "boolean", "group": "boolean", "n_startup_trials": "integer",
+            "n_ei_candidates": "integer", "constant_liar": "boolean"},
+    "ppo": {"clip": "number", "epochs": "integer", "hidden": "integer", "lr": "number",
+            "entropy_weight": "number", "baseline_decay": "number", "batch": "integer"},
+    "reinforce": {"hidden": "integer", "lr": "number", "entropy_weight": "number",
+                  "baseline_decay": "number", "batch": "integer"},
+    "gp-bo": {"initial": "integer", "acquisition": "string", "beta": "number", "warp": "string",
+              "ceiling": "number", "ard": "string", "additive": "boolean", "exhaustive_limit": "integer",
+              "candidates": "integer", "refit_every": "integer", "believer": "boolean"},
+    "bohb": {"max_epochs": "integer", "min_epochs": "integer", "eta": "integer", "brackets": "integer",
+             "random_fraction": "number", "min_points": "integer", "top_fraction": "number", "samples": "integer",
+             "bandwidth_factor": "number", "min_bandwidth": "number"},
+}
+# A field marked so (json_schema_extra) cannot change once the search exists: kubenas/crd.py
+# turns the mark into a CEL transition rule. What a running search is built from is
+# immutable; the budget, suspend and the pod settings stay editable.
+IMMUTABLE: dict[str, Any] = {"x-kubenas-immutable": True}
 DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(s|m|h|d))+$")
 ParamValue = Union[bool, int, float, str]
 QUANTITY = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$"
@@ -47,6 +69,18 @@ Quantity = Annotated[
 ]
 
 
+class SpecModel(CamelModel):
+    """A section of the spec: numbers must be numbers (a quoted "10" is refused, as the
+    API server refuses it) and finite."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
+
+def cel_rules(*rules: tuple[str, str]) -> dict[str, Any]:
+    """CEL rules (rule, message) that the CRD carries beside a pydantic validator of the same check."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a duration such as 90s, 30m, 1h30m or 2d."""
     if not DURATION.match(text):
@@ -55,7 +89,7 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * units[u] for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)([smhd])", text))
 
 
-class EarlyStoppingSpec(CamelModel):
+class EarlyStoppingSpec(SpecModel):
     algorithm: Literal["none", "median", "asha", "hyperband"] = Field(
         default="none", description="median: Katib/Vizier median stopping; asha/hyperband: successive halving.")
     min_epochs: int = Field(default=1, ge=1, le=1000, description="Epochs before a trial may be stopped (the lowest rung).")
@@ -63,28 +97,86 @@ class EarlyStoppingSpec(CamelModel):
     min_trials: int = Field(default=5, ge=1, le=1000, description="median: completed trials needed before stopping any.")
 
 
-class StrategySpec(CamelModel):
+def _parameter_types() -> dict[str, str]:
+    """Every strategy parameter's JSON type (a name means the same type in every strategy)."""
+    types: dict[str, str] = {}
+    for accepted in STRATEGY_PARAMETERS.values():
+        for name, kind in accepted.items():
+            if types.setdefault(name, kind) != kind:
+                raise RuntimeError(f"strategy parameter {name!r} has two types: {types[name]} and {kind}")
+    return types
+
+
+def strategy_parameters_schema() -> dict[str, Any]:
+    """The CRD's schema of strategy.parameters: each known name with its type, so the API
+    server refuses a wrong type (and kubectl an unknown name) at admission."""
+    return {"type": "object", "properties": {name: {"type": kind} for name, kind in sorted(_parameter_types().items())}}
+
+
+def strategy_parameter_rules() -> dict[str, Any]:
+    """CEL: a parameter only for the algorithms that have it."""
+    rules = []
+    for name in sorted(_parameter_types()):
+        owners = [a for a, accepted in STRATEGY_PARAMETERS.items() if name in accepted]
+        listed = ", ".join(f"'{a}'" for a in owners)
+        rules.append((f"!has(self.parameters) || !has(self.parameters.{name}) || self.algorithm in [{listed}]",
+                      f"strategy.parameters.{name}: only {' and '.join(owners)} {'has' if len(owners) == 1 else 'have'} "
+                      f"this parameter"))
+    return cel_rules(*rules)
+
+
+class StrategySpec(SpecModel):
     algorithm: Literal[STRATEGY_NAMES] = Field(default="random", description="The search strategy.")  # type: ignore[valid-type]
-    parameters: dict[str, ParamValue] = Field(
+    parameters: Annotated[dict[str, ParamValue], WithJsonSchema(strategy_parameters_schema())] = Field(
         default_factory=dict, description="Strategy parameters, e.g. population: 10 and sample: 3 for evolution; names as in `kubenas bench strategies --help`.")
     repeat_evaluations: bool = Field(
         default=False, description="Train an architecture again when it was already evaluated (otherwise reuse its result).")
 
+    model_config = ConfigDict(json_schema_extra=lambda schema, cls: schema.update(strategy_parameter_rules()))
 
-class ConstraintsSpec(CamelModel):
-    max_parameters: Optional[int] = Field(default=None, ge=1, description="Hard limit, checked before training.")
+    @model_validator(mode="after")
+    def _known_parameters(self) -> "StrategySpec":
+        accepted = STRATEGY_PARAMETERS.get(self.algorithm, {})
+        for name, value in self.parameters.items():
+            if name not in accepted:
+                raise ValueError(f"strategy.parameters.{name}: {self.algorithm} has no parameter {name!r}; "
+                                 f"accepted: {sorted(accepted) or 'none'}")
+            if not _has_json_type(value, accepted[name]):
+                raise ValueError(f"strategy.parameters.{name}: {value!r} is not accepted; "
+                                 f"{self.algorithm} wants {_A[accepted[name]]}")
+        return self
+
+
+_A = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string"}
+
+
+def _has_json_type(value: Any, kind: str) -> bool:
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind == "integer":
+        return isinstance(value, int)
+    if kind == "number":
+        return isinstance(value, (int, float))
+    return isinstance(value, str)
+
+
+class ConstraintsSpec(SpecModel):
+    max_parameters: Optional[int] = Field(
+        default=None, ge=1000, description="Hard limit, checked before training (no network has fewer than 1000).")
     max_multiply_adds: Optional[int] = Field(default=None, ge=1, description="Hard limit, checked before training.")
 
 
-class CostPenaltySpec(CamelModel):
+class CostPenaltySpec(SpecModel):
     """MnasNet's soft constraint: reward = accuracy * (cost / target) ** weight."""
 
     metric: Literal["parameters", "multiplyAdds", "latencySeconds"] = "multiplyAdds"
-    target: float = Field(gt=0, description="The cost the search aims at.")
+    target: float = Field(gt=0, le=1e18, description="The cost the search aims at.")
     weight: float = Field(default=-0.07, ge=-1, le=0, description="w in MnasNet; -0.07 there.")
 
 
-class ObjectiveSpec(CamelModel):
+class ObjectiveSpec(SpecModel):
     metric: Literal["validationAccuracy"] = "validationAccuracy"
     goal: Literal["maximize"] = "maximize"
     target: Optional[float] = Field(default=None, ge=0, le=1, description="Stop the search once a reward reaches this.")
@@ -92,18 +184,19 @@ class ObjectiveSpec(CamelModel):
     cost_penalty: Optional[CostPenaltySpec] = None
 
 
-class BudgetSpec(CamelModel):
+class BudgetSpec(SpecModel):
     max_trials: int = Field(default=100, ge=1, le=1_000_000, description="Child networks to train.")
     max_duration: Optional[str] = Field(
-        default=None, pattern=DURATION.pattern, max_length=32, description="Wall-clock limit such as 12h or 1h30m.")
+        default=None, pattern=DURATION.pattern, max_length=32, description="Wall-clock limit such as 12h or 1h30m.",
+        json_schema_extra=cel_rules(("self.matches('[1-9]')", "spec.budget.maxDuration: must be longer than zero")))
     max_failed_trials: int = Field(default=10, ge=0, le=1_000_000, description="Fail the search past this many failed trials.")
     parallelism: int = Field(default=2, ge=1, le=1024, description="Trainers (the scale subresource's replicas).")
 
     @field_validator("max_duration")
     @classmethod
     def _duration(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None:
-            parse_duration(value)
+        if value is not None and parse_duration(value) <= 0:
+            raise ValueError(f"{value!r} must be longer than zero, such as 30m or 2h")
         return value
 
     @property
@@ -111,17 +204,18 @@ class BudgetSpec(CamelModel):
         return parse_duration(self.max_duration) if self.max_duration else None
 
 
-class DatasetSpec(CamelModel):
+class DatasetSpec(SpecModel):
     name: Literal["digits", "cifar10", "cifar100", "npz"] = Field(
         default="digits", description="digits is bundled with scikit-learn (offline); npz is your own x/y arrays.")
     root: Optional[str] = Field(
         default=None, max_length=4096, description="Directory of the torchvision files, or the .npz file (inside the pod).")
     download: bool = Field(default=False, description="Download when missing (needs network access from the pods).")
-    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    validation_fraction: float = Field(
+        default=0.2, gt=0, le=0.5, description="The share of the images kept for validation (at most half).")
     train_subset: Optional[int] = Field(default=None, ge=10, description="Train on only this many images (a cheaper proxy).")
 
 
-class TrainingSpec(CamelModel):
+class TrainingSpec(SpecModel):
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     epochs: int = Field(default=10, ge=1, le=1000)
     batch_size: int = Field(default=64, ge=1, le=65536)
@@ -136,7 +230,7 @@ class TrainingSpec(CamelModel):
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
 
 
-class Toleration(CamelModel):
+class Toleration(SpecModel):
     """A core/v1 Toleration."""
 
     key: Optional[str] = Field(default=None, max_length=316)
@@ -146,17 +240,17 @@ class Toleration(CamelModel):
     toleration_seconds: Optional[int] = None
 
 
-class EnvVar(CamelModel):
+class EnvVar(SpecModel):
     name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
     value: str = ""
 
 
-class ResourcesSpec(CamelModel):
+class ResourcesSpec(SpecModel):
     requests: dict[str, Quantity] = Field(default_factory=dict, description="e.g. cpu: 4, memory: 16Gi")
     limits: dict[str, Quantity] = Field(default_factory=dict, description="e.g. memory: 32Gi (GPUs: use gpus)")
 
 
-class PodSettings(CamelModel):
+class PodSettings(SpecModel):
     """Pod settings of the trainers or of the controller."""
 
     image: Optional[str] = Field(default=None, max_length=512, description="Defaults to the operator's configured image.")
@@ -177,12 +271,12 @@ class PodSettings(CamelModel):
         default_factory=list, max_length=64, description="core/v1 VolumeMounts of the volumes, e.g. at training.dataset.root.")
 
 
-class SecretKeyRef(CamelModel):
+class SecretKeyRef(SpecModel):
     name: str = Field(min_length=1, max_length=253, description="A Secret in the search's namespace.")
     key: str = Field(default="url", min_length=1, max_length=253)
 
 
-class PersistenceSpec(CamelModel):
+class PersistenceSpec(SpecModel):
     enabled: bool = Field(
         default=False, description="Keep the search's state on PersistentVolumeClaims: Redis' append-only file "
                                    "and the controller's checkpoint (otherwise both live as long as their pods).")
@@ -190,7 +284,7 @@ class PersistenceSpec(CamelModel):
     storage_class_name: Optional[str] = Field(default=None, max_length=253)
 
 
-class RedisSpec(CamelModel):
+class RedisSpec(SpecModel):
     mode: Literal["managed", "external"] = Field(
         default="managed", description="managed: the operator runs a Redis for this search; external: bring your own.")
     url_secret: Optional[SecretKeyRef] = Field(
@@ -205,19 +299,104 @@ class RedisSpec(CamelModel):
         return self
 
 
-class ArchitectureSearchSpec(CamelModel):
-    search_space: SearchSpaceSpec = Field(default_factory=SearchSpaceSpec)
-    strategy: StrategySpec = Field(default_factory=StrategySpec)
-    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+class ArchitectureSearchSpec(SpecModel):
+    search_space: SearchSpaceSpec = Field(default_factory=SearchSpaceSpec, json_schema_extra=IMMUTABLE)
+    strategy: StrategySpec = Field(default_factory=StrategySpec, json_schema_extra=IMMUTABLE)
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec, json_schema_extra=IMMUTABLE)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec, json_schema_extra=IMMUTABLE)
     trainer: PodSettings = Field(
         default_factory=PodSettings, description="The trainer pods (budget.parallelism of them): image, GPUs, scheduling.")
     controller: PodSettings = Field(
         default_factory=PodSettings, description="The controller pod (one, a Job): image, resources, scheduling.")
     redis: RedisSpec = Field(
-        default_factory=RedisSpec, description="The Redis of the trial queue: managed by the operator, or external.")
+        default_factory=RedisSpec, description="The Redis of the trial queue: managed by the operator, or external.",
+        json_schema_extra=IMMUTABLE)
     suspend: bool = Field(default=False, description="Stop handing out trials and scale trainers to zero; resumable.")
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _search_space_strictly(cls, value: Any) -> Any:
+        # The search-space models live with the spaces (kubenas/spaces/config.py); validated
+        # strictly here, like every section of the spec (a quoted number is refused).
+        return SearchSpaceSpec.model_validate(value, strict=True) if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _hyperparameters_within_training_bounds(self) -> "ArchitectureSearchSpec":
+        for hp in self.search_space.hyperparameters:
+            bounds = HYPERPARAMETER_BOUNDS[hp.name]
+            values = list(hp.choices or []) + [v for v in (hp.low, hp.high) if v is not None]
+            for value in values:
+                if not bounds.admits(value):
+                    raise ValueError(f"searchSpace.hyperparameters {hp.name}: {value!r} is out of range; "
+                                     f"{bounds.describe()}")
+            if bounds.integer and not all(isinstance(c, int) for c in hp.choices or []):
+                raise ValueError(f"searchSpace.hyperparameters {hp.name}: choices {hp.choices} are not accepted; "
+                                 f"{bounds.describe()}")
+        return self
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The bounds of one training field, as its pydantic Field declares them."""
+
+    field: str
+    low: float
+    low_inclusive: bool
+    high: float
+    high_inclusive: bool
+    integer: bool  # an int field: its choices must be whole numbers
+
+    def admits(self, value: float) -> bool:
+        above = value >= self.low if self.low_inclusive else value > self.low
+        below = value <= self.high if self.high_inclusive else value < self.high
+        return above and below
+
+    def describe(self) -> str:
+        return (f"training.{self.field} accepts {'whole numbers ' if self.integer else ''}"
+                f"{'>=' if self.low_inclusive else '>'} {self.low:g} "
+                f"and {'<=' if self.high_inclusive else '<'} {self.high:g}")
+
+    def cel(self, var: str) -> str:
+        return (f"{var} {'>=' if self.low_inclusive else '>'} {float(self.low)!r} && "
+                f"{var} {'<=' if self.high_inclusive else '<'} {float(self.high)!r}")
+
+
+def _bounds(alias: str) -> Bounds:
+    from annotated_types import Ge, Gt, Le, Lt
+
+    field = next(f for n, f in TrainingSpec.model_fields.items() if (f.alias or n) == alias)
+    low, low_inclusive, high, high_inclusive = float("-inf"), True, float("inf"), True
+    for meta in field.metadata:
+        if isinstance(meta, Ge):
+            low, low_inclusive = meta.ge, True
+        elif isinstance(meta, Gt):
+            low, low_inclusive = meta.gt, False
+        elif isinstance(meta, Le):
+            high, high_inclusive = meta.le, True
+        elif isinstance(meta, Lt):
+            high, high_inclusive = meta.lt, False
+    return Bounds(alias, low, low_inclusive, high, high_inclusive, integer=field.annotation is int)
+
+
+# A searched hyperparameter stays within the bounds of the training field it replaces.
+HYPERPARAMETER_BOUNDS: dict[str, Bounds] = {name: _bounds(name) for name in get_args(HyperparameterName)}
+
+
+def hyperparameter_rules() -> list[dict[str, str]]:
+    """CEL for each hyperparameter item: low, high and choices within the training field's bounds."""
+    rules = []
+    for name, bounds in HYPERPARAMETER_BOUNDS.items():
+        check = " && ".join([
+            f"(!has(self.low) || ({bounds.cel('self.low')}))",
+            f"(!has(self.high) || ({bounds.cel('self.high')}))",
+            f"(!has(self.choices) || self.choices.all(c, {bounds.cel('c')}"
+            + (" && c == double(int(c))" if bounds.integer else "") + "))",
+        ])
+        rules.append({"rule": f"self.name != '{name}' || ({check})",
+                      "message": f"hyperparameter {name}: low, high and choices must be within the bounds of "
+                                 f"training.{name} ({bounds.describe().split(' accepts ', 1)[1]})"})
+    return rules
 
 
 # --- status ------------------------------------------------------------------------
@@ -286,36 +465,3 @@ class ArchitectureSearch(CamelModel):
     spec: ArchitectureSearchSpec = Field(default_factory=ArchitectureSearchSpec)
     status: Optional[ArchitectureSearchStatus] = None
 
-
-def parse_manifest(data: Any, source: str = "manifest") -> ArchitectureSearch:
-    try:
-        return ArchitectureSearch.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidSpec(f"{source}: {describe_validation_error(exc)}") from None
-
-
-def load_manifest(path: str | Path) -> ArchitectureSearch:
-    """An ArchitectureSearch from a YAML file; the first document of that kind wins."""
-    path = Path(path)
-    try:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    except OSError as exc:
-        raise InvalidSpec(f"{path}: cannot read it: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidSpec(f"{path}: not valid YAML: {exc}") from None
-    for doc in docs:
-        if isinstance(doc, dict) and doc.get("kind") == KIND:
-            manifest = parse_manifest(doc, str(path))
-            _check_semantics(manifest, str(path))
-            return manifest
-    raise InvalidSpec(f"{path}: no document with kind: {KIND} (apiVersion {API_VERSION})")
-
-
-def _check_semantics(manifest: ArchitectureSearch, source: str) -> None:
-    """Rules the schema cannot express: the search space must build."""
-    from kubenas.spaces import build_space
-
-    try:
-        build_space(manifest.spec.search_space)
-    except (InvalidSpec, ValueError) as exc:
-        raise InvalidSpec(f"{source}: spec.{exc}") from None

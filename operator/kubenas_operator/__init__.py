@@ -2,9 +2,10 @@
 
     python -m kubenas_operator          # in the operator image (see settings.py for its environment)
 
-Modules: `builders` (pure: the child objects as dicts), `status` (pure: summary ->
-status and conditions), `settings` (configuration from the environment),
-`kube` (the API calls), `handlers` (the kopf handlers). No torch anywhere.
+Modules: `handlers` (the kopf handlers: they decide), the pure pieces they call
+(`validation`, `builders`, `status`, `events`), the I/O they call (`children`:
+the API server, `search_redis`: the search's Redis), `runtime` (what one
+operator holds, in kopf's memo), `settings` and `kube`. No torch anywhere.
 """
 
-__all__ = ["builders", "settings", "status"]
+__all__ = ["builders", "events", "settings", "status", "validation"]

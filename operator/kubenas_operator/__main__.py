@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import kubenas_operator.handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(
+        memo=kopf.Memo(settings=config),  # the startup handler takes the settings read here
         standalone=True,
         clusterwide=not config.watch_namespaces,
         namespaces=config.watch_namespaces,

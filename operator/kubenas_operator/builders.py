@@ -321,7 +321,7 @@ def build_network_policy_spec(
 # --- the controller and the trainers -------------------------------------------------
 
 def manifest_document(ref: SearchRef, manifest: ArchitectureSearch) -> dict[str, Any]:
-    """The manifest the controller loads (kubenas.spec.load_manifest): the full spec, defaults filled in."""
+    """The manifest the controller loads (kubenas.manifest.load_manifest): the full spec, defaults filled in."""
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -331,8 +331,10 @@ def manifest_document(ref: SearchRef, manifest: ArchitectureSearch) -> dict[str,
 
 
 def build_spec_configmap_spec(ref: SearchRef, manifest: ArchitectureSearch) -> dict[str, Any]:
-    """The spec the controller reads. Updated in place on every spec change (budget, suspend):
-    the kubelet refreshes the mounted file, and the controller re-reads it."""
+    """The spec the controller reads when it starts. Updated in place on every spec change, so a
+    restarted controller starts from the current budget; a running one hears of budget and
+    suspend changes through the live spec record in Redis (the kubelet refreshes a mounted
+    ConfigMap only after its sync period)."""
     document = manifest_document(ref, manifest)
     return {
         "apiVersion": "v1",

@@ -33,15 +33,17 @@ External searches always use their Secret's URL. Never set it in a cluster.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from kubenas import __version__ as _version
 
 DEFAULT_OPERATOR_NAMESPACE = "kubenas-system"
 DEFAULT_OPERATOR_POD_LABELS = "app.kubernetes.io/name=kubenas-operator"
 FIELD_MANAGER = "kubenas-operator"
+ANNOTATION_PREFIX = "kubenas.io"
 
 
 def _parse_labels(text: str) -> dict[str, str]:
@@ -132,3 +134,29 @@ class OperatorSettings:
                 "holding at least 16 random bytes (the Helm chart mounts one from a Secret)"
             )
         return self.password_key
+
+
+def configure_kopf(settings: Any, config: OperatorSettings) -> None:
+    """kopf's settings (a kopf.OperatorSettings) that matter against a real API server."""
+    import kopf
+
+    # Handler progress and the last-handled spec live in annotations: status.kopf
+    # is not declared in the CRD, so the API server would prune it (kopf#574).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
+    # Watches that go quiet are closed by the server and, failing that, by the client,
+    # then re-established (kopf#585, #787).
+    settings.watching.server_timeout = int(config.watch_server_timeout)  # the API server wants whole seconds
+    settings.watching.client_timeout = config.watch_client_timeout
+    settings.watching.connect_timeout = config.connect_timeout
+    settings.networking.connect_timeout = config.connect_timeout
+    settings.networking.request_timeout = max(config.watch_client_timeout, 60)
+    settings.posting.enabled = True
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "kubenas-operator"
+    settings.execution.max_workers = 8
+    # A failing handler retries after a minute unless it says otherwise: no retry storms.
+    settings.execution.default_backoff = 60
+    settings.peering.standalone = True

@@ -202,3 +202,9 @@ def condition(status: dict[str, Any], type_: str) -> Optional[dict[str, Any]]:
         if c.get("type") == type_:
             return c
     return None
+
+
+def is_finished(status: dict[str, Any]) -> bool:
+    """The search ended for good (a spec found invalid is fixable, so not finished)."""
+    failed = condition(status, FAILED_CONDITION) or {}
+    return status.get("phase") in TERMINAL and failed.get("reason") != INVALID_SPEC

@@ -23,7 +23,7 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-# kopf fixes a timer's interval when kubenas_operator.handlers is imported: poll fast in tests.
+# Poll fast in tests (the operator reads its settings when it starts, not at import).
 os.environ.setdefault("KUBENAS_OPERATOR_POLL_SECONDS", "1")
 
 from tests.operator.support import (  # noqa: E402

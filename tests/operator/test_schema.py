@@ -11,7 +11,8 @@ import yaml
 
 from kubenas.crd import build_crd
 from kubenas.errors import InvalidSpec
-from kubenas.spec import ArchitectureSearchSpec, load_manifest
+from kubenas.manifest import load_manifest
+from kubenas.spec import ArchitectureSearchSpec
 
 from tests.operator.support import search_body
 
@@ -61,6 +62,40 @@ BAD = [
      "spec.trainer.resources.requests.cpu", True),
     ("unknown-field", {"strategy": {"algoritm": "ppo"}}, 'unknown field "spec.strategy.algoritm"', True),
     ("long-name", None, "metadata.name: at most 63 characters", True),
+    # what the operator used to find only after admission (issue 9), now refused by the CRD itself
+    ("operation-of-another-space", {"searchSpace": {"type": "nasnet", "operations": ["warp_conv_9x9"]}},
+     "searchSpace.operations: the nasnet space offers only", True),
+    ("operation-of-nasnet-in-nasbench201", {"searchSpace": {"type": "nasbench201", "operations": ["sep_conv_3x3"]}},
+     "searchSpace.operations: the nasbench201 space offers only", True),
+    ("operations-only-none", {"searchSpace": {"type": "nasbench201", "operations": ["none"]}},
+     "searchSpace.operations: with only 'none' every cell outputs zero", True),
+    ("max-duration-zero", {"budget": {"maxDuration": "0s"}}, "spec.budget.maxDuration: must be longer than zero", True),
+    ("max-duration-number-zero", {"budget": {"maxDuration": 0}}, "spec.budget.maxDuration", True),
+    ("negative-learning-rate", {"searchSpace": {"hyperparameters": [
+        {"name": "learningRate", "type": "float", "low": -0.1, "high": 0.1}]}},
+     "hyperparameter learningRate: low, high and choices must be within the bounds of training.learningRate", True),
+    ("zero-batch-size", {"searchSpace": {"hyperparameters": [
+        {"name": "batchSize", "type": "categorical", "choices": [0, 32]}]}},
+     "hyperparameter batchSize: low, high and choices must be within the bounds of training.batchSize", True),
+    ("fractional-batch-size", {"searchSpace": {"hyperparameters": [
+        {"name": "batchSize", "type": "categorical", "choices": [32.5, 64]}]}}, "training.batchSize (whole numbers", True),
+    ("epochs-to-a-million", {"searchSpace": {"hyperparameters": [
+        {"name": "epochs", "type": "int", "low": 1, "high": 1000000}]}}, "training.epochs (whole numbers >= 1 and <= 1000)", True),
+    ("max-parameters-absurd", {"objective": {"constraints": {"maxParameters": 1}}},
+     "spec.objective.constraints.maxParameters", True),
+    ("strategy-parameter-type", {"strategy": {"algorithm": "evolution", "parameters": {"population": "ten"}}},
+     "spec.strategy.parameters.population", True),
+    ("strategy-parameter-list", {"strategy": {"algorithm": "evolution", "parameters": {"population": [8, 16]}}},
+     "spec.strategy.parameters.population", True),
+    ("strategy-parameter-of-another", {"strategy": {"algorithm": "evolution", "parameters": {"lr": 0.1}}},
+     "strategy.parameters.lr: only ppo and reinforce have this parameter", True),
+    ("strategy-parameter-unknown", {"strategy": {"algorithm": "evolution", "parameters": {"popul": 3}}},
+     'unknown field "spec.strategy.parameters.popul"', True),
+    ("cost-target-zero", {"objective": {"costPenalty": {"target": 0}}}, "spec.objective.costPenalty.target", True),
+    ("cost-target-huge", {"objective": {"costPenalty": {"target": 1e300}}}, "spec.objective.costPenalty.target", True),
+    ("validation-fraction", {"training": {"dataset": {"validationFraction": 0.9}}},
+     "spec.training.dataset.validationFraction", True),
+    ("quoted-number", {"budget": {"maxTrials": "10"}}, "spec.budget.maxTrials", True),
 ]
 
 

@@ -196,7 +196,12 @@ def test_enums_bounds_and_cel_rules():
     assert at(spec, "training.learningRate")["exclusiveMinimum"] is True
     assert at(spec, "budget.maxDuration")["pattern"]
     assert at(spec, "trainer.resources.requests")["additionalProperties"]["x-kubernetes-int-or-string"] is True
-    assert at(spec, "strategy.parameters")["additionalProperties"] == {"x-kubernetes-preserve-unknown-fields": True}
+    # every strategy parameter is declared with its type: the API server refuses a wrong type
+    parameters = at(spec, "strategy.parameters")
+    assert parameters["properties"]["population"] == {"type": "integer"}
+    assert parameters["properties"]["lr"] == {"type": "number"}
+    assert parameters["properties"]["multivariate"] == {"type": "boolean"}
+    assert "additionalProperties" not in parameters and "x-kubernetes-preserve-unknown-fields" not in parameters
     assert at(spec, "trainer.affinity")["x-kubernetes-preserve-unknown-fields"] is True
 
     def messages(node: dict) -> list[str]:
@@ -209,6 +214,9 @@ def test_enums_bounds_and_cel_rules():
     assert "hyperparameter: low must be below high" in messages(hp["items"])
     for field in ("searchSpace", "strategy", "objective", "training", "redis"):
         assert any(r["rule"] == "self == oldSelf" for r in at(spec, field)["x-kubernetes-validations"]), field
+    # the immutable fields are the ones the models mark, each rule naming its field
+    assert sorted(PATH_RULES) == sorted(f"spec.{f}" for f in ("searchSpace", "strategy", "objective", "training", "redis"))
+    assert all(rules[0]["message"].startswith(f"{path} is immutable") for path, rules in PATH_RULES.items())
     for field in ("budget", "trainer", "controller", "suspend"):
         assert not any("oldSelf" in r["rule"] for r in at(spec, field).get("x-kubernetes-validations", [])), field
     # every rule table entry landed somewhere
@@ -216,3 +224,30 @@ def test_enums_bounds_and_cel_rules():
     for rules in list(MODEL_RULES.values()) + list(PATH_RULES.values()):
         for rule in rules:
             assert rule["rule"] in placed
+
+
+def test_admission_rules_come_from_the_models():
+    spec = openapi_schema()["properties"]["spec"]
+
+    def messages(node: dict) -> list[str]:
+        return [r["message"] for r in node.get("x-kubernetes-validations", [])]
+
+    # an operation of another space
+    space_rules = messages(at(spec, "searchSpace"))
+    assert any(m.startswith("searchSpace.operations: the nasnet space offers only") for m in space_rules)
+    assert any("nasbench201 space offers only none, skip_connect" in m for m in space_rules)
+    # hyperparameter ranges within the bounds of the training field they replace
+    items = messages(at(spec, "searchSpace.hyperparameters")["items"])
+    assert any("training.learningRate (> 0 and <= 10)" in m for m in items)
+    assert any("training.epochs (whole numbers >= 1 and <= 1000)" in m for m in items)
+    assert any("training.batchSize (whole numbers >= 1 and <= 65536)" in m for m in items)
+    # a parameter of another strategy
+    assert "strategy.parameters.lr: only ppo and reinforce have this parameter" in messages(at(spec, "strategy"))
+    # bounds
+    assert at(spec, "budget.maxDuration")["x-kubernetes-validations"][0]["rule"] == "self.matches('[1-9]')"
+    assert at(spec, "objective.constraints.maxParameters")["minimum"] == 1000
+    target = at(spec, "objective.costPenalty.target")
+    assert (target["minimum"], target["exclusiveMinimum"], target["maximum"]) == (0, True, 1e18)
+    fraction = at(spec, "training.dataset.validationFraction")
+    assert (fraction["minimum"], fraction["exclusiveMinimum"], fraction["maximum"]) == (0, True, 0.5)
+    assert at(spec, "training.epochs")["maximum"] == 1000

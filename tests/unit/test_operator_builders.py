@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from kubenas.errors import InvalidSpec
-from kubenas.spec import ArchitectureSearch, SearchSummary, load_manifest, parse_manifest
+from kubenas.manifest import load_manifest, parse_manifest
+from kubenas.spec import ArchitectureSearch, SearchSummary
 from kubenas_operator import builders as b
 from kubenas_operator import status as st
 from kubenas_operator.settings import OperatorSettings
@@ -354,3 +355,85 @@ kind: ArchitectureSearch
 metadata: {name: x}
 spec: {searchSpace: {operations: 3}}
 """))
+
+
+def test_the_smallest_network_bound_is_below_every_real_network():
+    """kubenas.feasibility.smallest_network_parameters is a true lower bound: the operator refuses
+    maxParameters below it, so it must never exceed a network the search could build."""
+    import random
+
+    import torch
+
+    from kubenas.nn import ModelConfig, build_model, count_parameters
+    from kubenas.spaces import build_space
+    from kubenas.spec import ArchitectureSearchSpec
+    from kubenas.feasibility import DATASET_SHAPES, smallest_network_parameters
+
+    torch.set_num_threads(1)
+    for space_type in ("nasbench201", "nasnet", "darts"):
+        space = build_space(space_type)
+        for channels, cells in ((2, 1), (4, 2)):
+            for dataset in ("digits", "cifar100"):
+                spec = ArchitectureSearchSpec.model_validate({
+                    "searchSpace": {"type": space_type}, "training": {
+                        "channels": channels, "cellsPerStage": cells, "dataset": {"name": dataset}}})
+                in_channels, classes = DATASET_SHAPES[dataset]
+                config = ModelConfig(channels=channels, cells_per_stage=cells, num_classes=classes,
+                                     in_channels=in_channels)
+                smallest = min(count_parameters(build_model(space.sample(random.Random(seed)), config))
+                               for seed in range(6))
+                bound = smallest_network_parameters(spec)
+                assert bound <= smallest, (space_type, channels, cells, dataset, bound, smallest)
+                assert bound >= 1000 or space_type != "nasbench201"  # the CRD's floor of maxParameters holds
+
+
+def test_an_unreachable_parameter_limit_is_an_invalid_spec():
+    from kubenas_operator.validation import read_spec
+
+    body = {"metadata": {"name": "x", "namespace": "ns"}, "spec": {
+        "searchSpace": {"type": "nasnet"}, "training": {"channels": 16},
+        "objective": {"constraints": {"maxParameters": 5000}}}}
+    with pytest.raises(InvalidSpec, match=r"spec.objective.constraints.maxParameters: 5000 is below the smallest"):
+        read_spec(body)
+    body["spec"]["objective"]["constraints"]["maxParameters"] = 5_000_000
+    assert read_spec(body).spec.objective.constraints.max_parameters == 5_000_000
+
+
+def test_budget_events_from_kopfs_diff():
+    from kubenas_operator import events
+
+    # kopf's diff of the field spec.budget: (operation, path within the field, old, new)
+    assert events.budget_changes([("change", ("parallelism",), 2, 6)]) == [("Scaled", "trainers 2 -> 6")]
+    assert events.budget_changes([("change", ("parallelism",), 2, 6), ("add", ("maxDuration",), None, "2h"),
+                                  ("change", ("maxTrials",), 24, 50)]) == [
+        ("Scaled", "trainers 2 -> 6"), ("BudgetChanged", "budget maxDuration None -> 2h, maxTrials 24 -> 50")]
+    assert events.budget_changes([("add", (), None, {"maxTrials": 5})]) == [("BudgetChanged", "budget maxTrials None -> 5")]
+    assert events.suspended(True, 4)[0] == "Suspended" and events.suspended(False, 4) == ("Resumed", "resumed with 4 trainer(s)")
+
+
+def test_settings_come_through_kopfs_memo_not_the_import(tmp_path):
+    """The handlers read no configuration at import: `python -m kubenas_operator` hands its
+    settings to the startup handler in kopf's memo (KopfRunner's operator reads the environment then)."""
+    import logging
+
+    import kopf
+
+    code = ("import os\nos.environ['KUBENAS_OPERATOR_POLL_SECONDS'] = 'not a number'\n"
+            "import kubenas_operator.handlers\n")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
+
+    from kubenas_operator import handlers
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:6443"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+    settings = OperatorSettings(password_key=b"0123456789abcdef", poll_seconds=3.5, kubeconfig=str(kubeconfig))
+    memo = kopf.Memo(settings=settings)
+    handlers.startup(settings=kopf.OperatorSettings(), memo=memo, logger=logging.getLogger("test"))
+    try:
+        assert memo.kubenas.settings is settings and memo.kubenas.client_config.host == "https://127.0.0.1:6443"
+    finally:
+        handlers.cleanup(memo=memo)
