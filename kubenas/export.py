@@ -4,12 +4,11 @@ Size. NASNet names a network "N @ P": N normal cells per stage, P filters in the
 penultimate layer (NASNet-A 6 @ 768 on CIFAR-10). Here F is the first stage's
 filters; each reduction doubles it and the last cell concatenates its outputs, so
 
-    P = 4 * F * k,   k = outputs the cell concatenates (a concat block counts twice;
-                         DARTS: its 4 nodes; NAS-Bench-201: 1, its last node)
+    P = 4 * F * k,   k = hidden states the normal cell concatenates (a concat block
+                         counts twice; DARTS: its 4 nodes; NAS-Bench-201: 1, its last node)
 
-and `channels_for_penultimate` inverts it. (The paper's NASNet-A also concatenates
-an unused cell input, k = 6, so its 6 @ 768 is N=6, F=32; this builder's NASNet-A
-has k = 5, so the same N and F give 6 @ 640.) A compound coefficient phi scales a
+and `channels_for_penultimate` inverts it. (NASNet-A concatenates its k-2 input and
+its five blocks, k = 6, so its 6 @ 768 is N=6, F=32.) A compound coefficient phi scales a
 base size the EfficientNet way (Tan & Le 2019): depth N * 1.2**phi rounded up,
 width F * 1.1**phi to a multiple of 4 (never more than 10% under), resolution
 H * 1.15**phi to a multiple of 4, reported as the suggested input size.
@@ -44,7 +43,7 @@ from torch import nn
 from kubenas.errors import KubenasError
 from kubenas.nn import ModelConfig, build_model, count_parameters, multiply_adds
 from kubenas.spaces import space_of
-from kubenas.spaces.nasnet import unused_blocks
+from kubenas.spaces.nasnet import cell_outputs
 
 FORMATS = ("torchscript", "onnx", "both")
 # The sizes the spaces' papers train their final networks at: (N, F).
@@ -62,9 +61,8 @@ def penultimate_multiplier(genotype: dict) -> int:
     if genotype["space"] == "nasbench201":
         return 1
     blocks = genotype["normal"]
-    if genotype["space"] == "darts":
-        return len(blocks)
-    return sum(2 if blocks[b]["combine"] == "concat" else 1 for b in unused_blocks(blocks))
+    return sum(2 if state >= 2 and blocks[state - 2].get("combine") == "concat" else 1
+               for state in cell_outputs(genotype, "normal"))
 
 
 def penultimate_filters(genotype: dict, channels: int) -> int:
@@ -133,7 +131,8 @@ def plan_size(genotype: dict, cells: int | None = None, channels: int | None = N
         raise KubenasError(f"--channels: {channels} is not accepted; give F >= 2 filters")
     shape = "x".join(map(str, input_shape))
     if any(v < 1 for v in input_shape):
-        raise KubenasError(f"--input: {shape} is not accepted; every dimension must be >= 1")
+        raise KubenasError(f"--input: {shape} is too small; every dimension must be at least 1 "
+                           "(the smallest input the network runs on is 1x1x1)")
     return compound_scale(cells, channels, phi, input_shape)
 
 

@@ -11,10 +11,10 @@ from kubenas.errors import KubenasError
 
 SIZE_HELP = """\
 size: N normal cells per stage and F first-stage filters. NASNet's "N @ P" names
-the penultimate layer's filters: P = 4 * F * k, k = outputs the normal cell
+the penultimate layer's filters: P = 4 * F * k, k = hidden states the normal cell
 concatenates (a concat block counts twice; darts 4; nasbench201 1). --penultimate P
-picks F from P. (The paper's NASNet-A also concatenates a cell input, k = 6, so its
-6 @ 768 is -N 6 -F 32; here k = 5 and P = 640.) Defaults: nasnet 6 @ F=32,
+picks F from P. (NASNet-A concatenates its k-2 input and its five blocks, k = 6, so
+its 6 @ 768 is -N 6 -F 32.) Defaults: nasnet 6 @ F=32,
 darts 6 @ F=36, nasbench201 5 @ F=16. --phi then scales depth by 1.2**phi (rounded
 up) and width by 1.1**phi (to a multiple of 4), and suggests a resolution 1.15**phi
 larger in model.json (EfficientNet's compound scaling).

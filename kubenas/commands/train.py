@@ -26,11 +26,31 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+# Flags checked against the bounds of the spec's training field of the same meaning.
+FLAG_FIELDS = {"--epochs": "epochs", "--batch-size": "batch_size", "--lr": "learning_rate",
+               "--weight-decay": "weight_decay", "--channels": "channels", "--cells": "cells_per_stage"}
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from kubenas.spec import TrainingSpec
+
+    for flag, field in FLAG_FIELDS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        try:
+            TrainingSpec.model_validate({field: value})
+        except ValidationError as exc:
+            raise KubenasError(f"{flag}: {value} is not accepted; {exc.errors()[0]['msg'].lower()}") from None
+
+
 def run(command: str, args: argparse.Namespace) -> int:
     from kubenas.training import TrainConfig, load_dataset, train_proxy
 
     try:
+        check_flags(args)
         genotype = read_genotype(args.genotype)
+        TrainConfig().with_hparams(genotype.get("hparams", {}))  # refuse bad values before loading data
         data = load_dataset(args.dataset, args.root, args.download, args.validation_fraction, args.train_subset, args.seed)
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                           weight_decay=args.weight_decay, channels=args.channels, cells_per_stage=args.cells,

@@ -11,6 +11,7 @@ from kubenas.nn.cells import NB201Cell, BlockCell
 from kubenas.nn.ops import OPS_BY_SPACE, ReLUConvBN
 from kubenas.spaces import space_of
 from kubenas.spaces.nasbench201 import parse_cellstr
+from kubenas.spaces.nasnet import cell_outputs
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,10 @@ class Network(nn.Module):
     aux_index: int
 
     def set_drop_path(self, prob: float) -> None:
-        for cell in self.cells:
-            cell.drop_prob = prob
+        """ScheduledDropPath's depth scaling: cell i of n drops with prob * (i + 1) / n,
+        so the last cell gets `prob` (the reference counts reduction cells as cells)."""
+        for i, cell in enumerate(self.cells):
+            cell.drop_prob = prob * (i + 1) / len(self.cells)
 
     def _finish(self, x: torch.Tensor, aux: torch.Tensor | None):
         logits = self.classifier(torch.flatten(self.pool(x), 1))
@@ -64,7 +67,6 @@ class CellNetwork(Network):
     def __init__(self, genotype: dict, cfg: ModelConfig):
         super().__init__()
         ops = OPS_BY_SPACE[genotype["space"]]
-        is_darts = genotype["space"] == "darts"
         c = cfg.channels
         c_stem = cfg.stem_multiplier * c
         self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
@@ -79,9 +81,7 @@ class CellNetwork(Network):
             reduction = kind == "reduction"
             if reduction:
                 c *= 2
-            blocks = genotype[kind]
-            outputs = list(range(len(blocks))) if is_darts else None
-            cell = BlockCell(blocks, ops, c_pp, c_p, c, reduction, reduction_prev, outputs)
+            cell = BlockCell(genotype[kind], ops, c_pp, c_p, c, reduction, reduction_prev, cell_outputs(genotype, kind))
             self.cells.append(cell)
             reduction_prev = reduction
             c_pp, c_p = c_p, cell.out_channels

@@ -133,7 +133,18 @@ NB201_OPS: dict[str, OpFactory] = {
     "avg_pool_3x3": avg_pool(3),
 }
 
+# Operations that pass a state through (or zero it): drop path leaves them alone.
+IDENTITY_OPS = frozenset({"identity", "skip_connect", "none"})
+
 OPS_BY_SPACE: dict[str, dict[str, OpFactory]] = {"nasnet": NASNET_OPS, "darts": DARTS_OPS, "nasbench201": NB201_OPS}
+
+
+def scheduled_drop_path(final: float, step: int, total_steps: int) -> float:
+    """ScheduledDropPath's time scaling (Zoph et al. 2018, as their reference does it):
+    the probability rises linearly with the optimizer step, from 0 at the first
+    step to `final` at the end of training. `Network.set_drop_path` then scales
+    it by the cell's depth."""
+    return final * min(1.0, step / max(1, total_steps))
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from abc import ABC, abstractmethod
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from kubenas.errors import InvalidGenotype, describe_validation_error
+from kubenas.errors import InvalidGenotype, InvalidSpec, describe_validation_error
 from kubenas.spaces.config import INTEGER_HYPERPARAMETERS, SearchSpaceSpec
 from kubenas.spaces.decisions import (
     Assignment,
@@ -146,11 +147,54 @@ class SearchSpace(ABC):
         return json.dumps(genotype, sort_keys=True, separators=(",", ":"))
 
     def from_json(self, text: str | bytes) -> Genotype:
+        return self.validate(parse_json(text))
+
+
+# A genotype is a few levels deep ({"concat": {"normal": [...]}}); anything far deeper
+# is a mistake, refused before it can exhaust the interpreter's recursion limit.
+MAX_JSON_DEPTH = 32
+
+
+def parse_json(text: str | bytes, where: str = "genotype") -> Any:
+    """JSON text of a genotype as Python data, or InvalidGenotype saying what is wrong:
+    not UTF-8, not JSON, nested too deeply, or a number JSON cannot hold (NaN, Infinity)."""
+    if isinstance(text, bytes):
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidGenotype(f"genotype is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-        return self.validate(data)
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidGenotype(f"{where} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                                  f"{exc.start}); a genotype is a JSON file") from None
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise InvalidGenotype(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidGenotype(f"{where}: JSON nested too deeply; a genotype is at most "
+                              f"{MAX_JSON_DEPTH} levels deep") from None
+    _check_depth(data, where)
+    return data
+
+
+def _refuse_constant(name: str) -> float:
+    raise InvalidGenotype(f"genotype: {name} is not accepted; give a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidGenotype(f"genotype: {text} is not accepted; give a finite number")
+    return value
+
+
+def _check_depth(data: Any, where: str) -> None:
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidGenotype(f"{where}: JSON nested more than {MAX_JSON_DEPTH} levels deep; "
+                                  "a genotype is a few levels deep")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children)
 
 
 def validate_model(model: type[BaseModel], data: Any, prefix: str) -> BaseModel:
@@ -159,6 +203,13 @@ def validate_model(model: type[BaseModel], data: Any, prefix: str) -> BaseModel:
         return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidGenotype(describe_validation_error(exc, prefix)) from None
+
+
+def check_learnable(operations: tuple[str, ...]) -> None:
+    """Refuse an operation list whose every cell computes zero: nothing could learn."""
+    if set(operations) <= {"none"}:
+        raise InvalidSpec(f"searchSpace.operations: {list(operations)} is not accepted; with only 'none' every cell "
+                          "outputs zero and no architecture can learn; add an operation with weights or a skip")
 
 
 def check_choice(field: str, value: str, accepted: tuple[str, ...]) -> None:
@@ -177,7 +228,8 @@ def expression_canonical(blocks: list[tuple[str, list[tuple[int, str]]]], output
 
     Each block is (combine, [(input, op), ...]); an input below 2 is a cell input.
     A block's expression inlines its inputs' expressions with operands sorted,
-    and the cell is the sorted multiset of its output blocks' expressions.
+    and the cell is the sorted multiset of its output states' expressions
+    (`outputs` are hidden-state indices: 0, 1 the cell inputs, 2+j block j).
     """
     memo: dict[int, str] = {}
 
@@ -190,4 +242,4 @@ def expression_canonical(blocks: list[tuple[str, list[tuple[int, str]]]], output
             memo[state] = f"{combine}[{','.join(parts)}]"
         return memo[state]
 
-    return "out{" + ";".join(sorted(expr(2 + b) for b in outputs)) + "}"
+    return "out{" + ";".join(sorted(expr(state) for state in outputs)) + "}"

@@ -22,6 +22,8 @@ class CamelModel(BaseModel):
 # the proxy trainer knows how to apply each of these.
 HyperparameterName = Literal["learningRate", "weightDecay", "momentum", "batchSize", "epochs", "dropPath"]
 INTEGER_HYPERPARAMETERS = {"batchSize", "epochs"}
+# Blocks per cell (nasnet B, darts nodes) a space may have.
+MAX_BLOCKS = 10
 
 
 class HyperparameterSpec(CamelModel):
@@ -54,7 +56,7 @@ class SearchSpaceSpec(CamelModel):
         default="nasnet", description="nasnet (Zoph et al. 2018), darts (Liu et al. 2019) or nasbench201 (Dong & Yang 2020)."
     )
     blocks: Optional[int] = Field(
-        default=None, ge=1, le=10,
+        default=None, ge=1, le=MAX_BLOCKS,
         description="Blocks per cell: B for nasnet (default 5), intermediate nodes for darts (default 4).",
     )
     operations: Optional[list[str]] = Field(

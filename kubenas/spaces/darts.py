@@ -108,5 +108,5 @@ class DartsSpace(NasnetSpace):
         parts = []
         for cell in CELL_TYPES:
             blocks = [("add", list(zip(n["inputs"], n["ops"]))) for n in g[cell]]
-            parts.append(f"{cell}=" + expression_canonical(blocks, list(range(len(blocks)))))
+            parts.append(f"{cell}=" + expression_canonical(blocks, [2 + n for n in range(len(blocks))]))
         return "/".join(parts)

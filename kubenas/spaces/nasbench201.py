@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, StrictStr
 
 from kubenas.errors import InvalidGenotype, InvalidSpec
-from kubenas.spaces.base import Genotype, SearchSpace, validate_model
+from kubenas.spaces.base import Genotype, SearchSpace, check_learnable, validate_model
 from kubenas.spaces.decisions import Assignment, Categorical, Decision
 
 NB201_OPERATIONS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -67,6 +67,7 @@ class NasBench201Space(SearchSpace):
             if op not in NB201_OPERATIONS:
                 raise InvalidSpec(f"searchSpace.operations: {op!r} is not accepted; choose from {list(NB201_OPERATIONS)}")
         self.operations = tuple(op for op in NB201_OPERATIONS if subset is None or op in subset)
+        check_learnable(self.operations)
 
     @property
     def cell_decisions(self) -> list[Decision]:

@@ -4,11 +4,18 @@ A cell has B blocks. Each block picks two hidden states (the two cell inputs,
 or an earlier block of the same cell), an operation for each, and a combine.
 Blocks no other block consumes are concatenated into the cell's output.
 Input 0 is the output of cell k-2, input 1 of cell k-1, input 2+j is block j.
+
+A genotype may instead say which hidden states each cell concatenates, with
+the same numbering: `"concat": {"normal": [0, 2, 3, 4, 5, 6]}`. The published
+NASNet-A needs it (its reference implementation concatenates the k-2 input in
+the normal cell, and in the reduction cell a block that another block
+consumes). The list must hold every block nothing consumes; it is not a
+searched decision, so samples never carry it.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
@@ -18,6 +25,7 @@ from kubenas.spaces.base import (
     SearchSpace,
     check_choice,
     check_input,
+    check_learnable,
     expression_canonical,
     validate_model,
 )
@@ -50,16 +58,47 @@ class _Block(BaseModel):
     combine: Literal["add", "concat"]
 
 
+class _Concat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    normal: Optional[list[StrictInt]] = None
+    reduction: Optional[list[StrictInt]] = None
+
+
 class _Cells(BaseModel):
     model_config = ConfigDict(extra="forbid")
     normal: list[_Block]
     reduction: list[_Block]
+    concat: Optional[_Concat] = None
 
 
 def unused_blocks(blocks: list[dict]) -> list[int]:
     """Blocks that no later block consumes: they form the cell's output."""
     used = {i - 2 for block in blocks for i in block["inputs"] if i >= 2}
     return [b for b in range(len(blocks)) if b not in used]
+
+
+def cell_outputs(genotype: Genotype, cell: str) -> list[int]:
+    """The hidden states (0, 1 the cell inputs, 2+j block j) a cell concatenates."""
+    concat = (genotype.get("concat") or {}).get(cell)
+    if concat is not None:
+        return list(concat)
+    if genotype["space"] == "darts":
+        return [2 + b for b in range(len(genotype[cell]))]
+    return [2 + b for b in unused_blocks(genotype[cell])]
+
+
+def _check_concat(field: str, states: list[int], blocks: list[dict]) -> list[int]:
+    if not states:
+        raise InvalidGenotype(f"{field}: is empty; name at least one hidden state to concatenate")
+    for k, state in enumerate(states):
+        check_input(f"{field}[{k}]", state, 2 + len(blocks))
+    if len(set(states)) != len(states):
+        raise InvalidGenotype(f"{field}: {states} names a hidden state twice")
+    lost = [2 + b for b in unused_blocks(blocks) if 2 + b not in states]
+    if lost:
+        raise InvalidGenotype(f"{field}: {states} leaves out {lost}, which no block consumes (their work "
+                              "would be lost); add them")
+    return sorted(states)
 
 
 class NasnetSpace(SearchSpace):
@@ -71,6 +110,7 @@ class NasnetSpace(SearchSpace):
         super().__init__(spec)
         self.blocks = self.spec.blocks or self.default_blocks
         self.operations = self._restricted(self.spec.operations, self.all_operations, "operations")
+        check_learnable(self.operations)
         self.combines = self._restricted(self.spec.combines, COMBINES, "combines")
 
     @staticmethod
@@ -134,11 +174,18 @@ class NasnetSpace(SearchSpace):
                     check_choice(f"{where}.ops[{k}]", op, self.operations)
                 check_choice(f"{where}.combine", block.combine, self.combines)
             out[cell] = [{"inputs": list(b.inputs), "ops": list(b.ops), "combine": b.combine} for b in blocks]
+        if cells.concat is not None:
+            concat = {cell: _check_concat(f"genotype.concat.{cell}", states, out[cell])
+                      for cell, states in cells.concat.model_dump(exclude_none=True).items()}
+            if concat:
+                out["concat"] = concat
         return out
 
     def _canonical_cell(self, g: Genotype) -> str:
+        # The output is part of the expression, so a concat list equal to the default
+        # (the unconsumed blocks) hashes like a genotype without one.
         parts = []
         for cell in CELL_TYPES:
             blocks = [(b["combine"], list(zip(b["inputs"], b["ops"]))) for b in g[cell]]
-            parts.append(f"{cell}=" + expression_canonical(blocks, unused_blocks(g[cell])))
+            parts.append(f"{cell}=" + expression_canonical(blocks, cell_outputs(g, cell)))
         return "/".join(parts)

@@ -7,15 +7,22 @@ DatasetError naming the dataset, the problem and the fix.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
 
 from kubenas.errors import DatasetError
+
+if TYPE_CHECKING:
+    from kubenas.spec import DatasetSpec
+
+# Neither side of a split may be smaller: a reward measured on fewer images is noise.
+MIN_SPLIT_IMAGES = 5
 
 
 @dataclass
@@ -33,20 +40,28 @@ class Splits:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
 
+def _channels_last(name: str, shape: tuple[int, ...], labels_shape: tuple[int, ...], labels_dtype: np.dtype) -> bool:
+    """Check the arrays' shapes (no data needed); True when images are (N,H,W,C)."""
+    if len(shape) not in (3, 4):
+        raise DatasetError(f"dataset {name}: images must have shape (N,H,W), (N,H,W,C) or (N,C,H,W); got {shape}")
+    last = len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
+    if len(shape) == 4 and not last and shape[1] not in (1, 3):
+        raise DatasetError(f"dataset {name}: images need 1 or 3 channels; got shape {shape}")
+    if len(labels_shape) != 1 or labels_shape[0] != shape[0]:
+        raise DatasetError(f"dataset {name}: labels must have shape ({shape[0]},); got {labels_shape}")
+    if not np.issubdtype(labels_dtype, np.integer):
+        raise DatasetError(f"dataset {name}: labels must be non-negative integers; got dtype {labels_dtype}")
+    return last
+
+
 def _to_tensor(images: np.ndarray, labels: np.ndarray, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,H,W,C) or (N,C,H,W) or (N,H,W) images and (N,) labels -> float NCHW and int64."""
+    if _channels_last(name, images.shape, labels.shape, labels.dtype):
+        images = images.transpose(0, 3, 1, 2)
     if images.ndim == 3:
         images = images[:, None]
-    if images.ndim != 4:
-        raise DatasetError(f"dataset {name}: images must have shape (N,H,W), (N,H,W,C) or (N,C,H,W); got {images.shape}")
-    if images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
-        images = images.transpose(0, 3, 1, 2)
-    if images.shape[1] not in (1, 3):
-        raise DatasetError(f"dataset {name}: images need 1 or 3 channels; got shape {images.shape}")
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise DatasetError(f"dataset {name}: labels must have shape ({len(images)},); got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0):
-        raise DatasetError(f"dataset {name}: labels must be non-negative integers; got dtype {labels.dtype}")
+    if len(labels) and labels.min() < 0:
+        raise DatasetError(f"dataset {name}: labels must be non-negative integers; got {labels.min()}")
     return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), torch.from_numpy(labels.astype(np.int64))
 
 
@@ -101,22 +116,131 @@ DATASETS: dict[str, Callable[[Optional[Path], bool], tuple[np.ndarray, np.ndarra
 }
 
 
+def check_split_settings(validation_fraction: float, train_subset: int | None) -> None:
+    if not (math.isfinite(validation_fraction) and 0.0 < validation_fraction < 1.0):
+        raise DatasetError(f"training.dataset.validationFraction: {validation_fraction} is not accepted; "
+                           "give a fraction between 0 and 1")
+    if train_subset is not None and train_subset < MIN_SPLIT_IMAGES:
+        raise DatasetError(f"training.dataset.trainSubset: {train_subset} is not accepted; "
+                           f"give at least {MIN_SPLIT_IMAGES} images")
+
+
+def split_sizes(name: str, images: int, validation_fraction: float,
+                train_subset: int | None = None) -> tuple[int, int]:
+    """(training, validation) image counts of a split, or DatasetError when either is
+    too small for a reward to mean anything."""
+    check_split_settings(validation_fraction, train_subset)
+    validation = int(round(images * validation_fraction))
+    training = images - validation
+    if train_subset is not None:
+        training = min(training, train_subset)
+    if images < 2 * MIN_SPLIT_IMAGES:
+        raise DatasetError(f"dataset {name}: only {images} images; at least {2 * MIN_SPLIT_IMAGES} are needed "
+                           f"({MIN_SPLIT_IMAGES} to train on, {MIN_SPLIT_IMAGES} to validate)")
+    if validation < MIN_SPLIT_IMAGES:
+        raise DatasetError(f"training.dataset.validationFraction: {validation_fraction} of the {images} images of "
+                           f"dataset {name} leaves {validation} validation images; at least {MIN_SPLIT_IMAGES} are "
+                           f"needed (give at least {MIN_SPLIT_IMAGES / images:.3g})")
+    if training < MIN_SPLIT_IMAGES:
+        raise DatasetError(f"training.dataset.validationFraction: {validation_fraction} of the {images} images of "
+                           f"dataset {name} leaves {training} training images; at least {MIN_SPLIT_IMAGES} are "
+                           f"needed (give at most {1 - MIN_SPLIT_IMAGES / images:.3g})")
+    return training, validation
+
+
+# What torchvision's CIFAR loaders read under root (their base_folder and train_list);
+# the preflight looks for these files without importing torchvision or reading them.
+CIFAR_TRAIN_FILES = {
+    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6))),
+    "cifar100": ("cifar-100-python", ("train",)),
+}
+# Training images of the fixed datasets (the training part of CIFAR; digits has no test part).
+DATASET_IMAGES = {"digits": 1797, "cifar10": 50_000, "cifar100": 50_000}
+
+
+def preflight_dataset(spec: "DatasetSpec") -> None:
+    """Check, before a search starts, what would otherwise fail every trial: the file or
+    directory is there and readable, the arrays have usable shapes, and the split leaves
+    enough images on both sides. Cheap: reads file names and array headers, no data.
+    Raises DatasetError naming the field, the value and what is accepted."""
+    check_split_settings(spec.validation_fraction, spec.train_subset)
+    root = Path(spec.root).expanduser() if spec.root else None
+    if spec.name == "npz":
+        images = _npz_images(root)
+    elif spec.name in CIFAR_TRAIN_FILES:
+        _check_cifar_files(spec.name, root, spec.download)
+        images = DATASET_IMAGES[spec.name]
+    elif spec.name in DATASET_IMAGES:
+        images = DATASET_IMAGES[spec.name]
+    else:
+        raise DatasetError(f"training.dataset.name: {spec.name!r} is not accepted; choose one of {sorted(DATASETS)}")
+    split_sizes(spec.name, images, spec.validation_fraction, spec.train_subset)
+
+
+def _check_cifar_files(name: str, root: Optional[Path], download: bool) -> None:
+    if root is None:
+        raise DatasetError(f"training.dataset.root: dataset {name} needs a root (a directory holding the "
+                           "torchvision files, or where to download them)")
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"training.dataset.root: {root} is a file; dataset {name} needs a directory")
+    if download:
+        return  # torchvision fetches what is missing
+    folder, files = CIFAR_TRAIN_FILES[name]
+    missing = [f for f in files if not (root / folder / f).is_file()]
+    if missing:
+        raise DatasetError(f"training.dataset.root: dataset {name} has no usable files under {root} (missing "
+                           f"{folder}/{missing[0]}); put the torchvision files there, or set "
+                           "training.dataset.download: true where the network reaches the dataset's host")
+
+
+def _npz_images(path: Optional[Path]) -> int:
+    """The image count of an .npz, from its arrays' headers (the data stays on disk)."""
+    if path is None:
+        raise DatasetError("training.dataset.root: dataset npz needs the path of an .npz file with arrays x and y")
+    if path.is_dir():
+        raise DatasetError(f"training.dataset.root: {path} is a directory; dataset npz needs an .npz file")
+    if not path.exists():
+        raise DatasetError(f"training.dataset.root: {path} does not exist; dataset npz needs an .npz file")
+    headers = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            missing = [k for k in ("x", "y") if f"{k}.npy" not in names]
+            if missing:
+                have = sorted(n.removesuffix(".npy") for n in names)
+                raise DatasetError(f"dataset npz: {path} lacks arrays {missing}; it has {have}")
+            for key in ("x", "y"):
+                with archive.open(f"{key}.npy") as member:
+                    version = np.lib.format.read_magic(member)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    headers[key] = read(member)
+    except zipfile.BadZipFile:
+        raise DatasetError(f"training.dataset.root: {path} is not an .npz archive (not a zip file)") from None
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"dataset npz: {path} is not a readable .npz: {exc}") from None
+    (x_shape, _, x_dtype), (y_shape, _, y_dtype) = headers["x"], headers["y"]
+    for key, dtype in (("x", x_dtype), ("y", y_dtype)):
+        if dtype.hasobject:
+            raise DatasetError(f"dataset npz: {path} array {key} holds Python objects; it must be a readable .npz "
+                               "without pickled objects (numeric arrays)")
+    if x_dtype.kind not in "biuf":
+        raise DatasetError(f"dataset npz: {path} array x has dtype {x_dtype}; images must be numbers")
+    _channels_last("npz", x_shape, y_shape, y_dtype)
+    return int(x_shape[0])
+
+
 def load_dataset(name: str, root: str | Path | None = None, download: bool = False,
                  validation_fraction: float = 0.2, train_subset: int | None = None, seed: int = 0) -> Splits:
     """Load `name`, hold out a seeded validation split, normalise per channel with train statistics."""
     if name not in DATASETS:
         raise DatasetError(f"training.dataset.name: {name!r} is not accepted; choose one of {sorted(DATASETS)}")
-    if not 0.0 < validation_fraction < 1.0:
-        raise DatasetError(f"training.validationFraction: {validation_fraction} must be between 0 and 1")
+    check_split_settings(validation_fraction, train_subset)  # before any loading
     images, labels, mirror_ok = DATASETS[name](Path(root) if root else None, download)
     x, y = _to_tensor(np.asarray(images), np.asarray(labels), name)
-    if len(x) < 10:
-        raise DatasetError(f"dataset {name}: only {len(x)} images; at least 10 are needed")
+    n_train, n_val = split_sizes(name, len(x), validation_fraction, train_subset)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, int(round(len(x) * validation_fraction)))
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    if train_subset is not None:
-        train_idx = train_idx[:train_subset]
+    val_idx, train_idx = order[:n_val], order[n_val:][:n_train]
     train_x, val_x = x[train_idx], x[val_idx]
     mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
     std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)

@@ -14,9 +14,11 @@ from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
-from kubenas.errors import InvalidGenotype
+from kubenas.errors import InvalidGenotype, describe_validation_error
 from kubenas.nn import ModelConfig, build_model, count_parameters, multiply_adds
+from kubenas.nn.ops import scheduled_drop_path
 from kubenas.training.datasets import Splits
 
 # Genotype hyperparameter names (camelCase, as in the spec) -> TrainConfig fields.
@@ -48,11 +50,18 @@ class TrainConfig:
     augment: bool = True
 
     def with_hparams(self, hparams: dict) -> "TrainConfig":
-        """Apply a genotype's searched hyperparameters on top of the defaults."""
+        """Apply a genotype's searched hyperparameters on top of the defaults, each
+        within the bounds the spec gives the training field it replaces."""
+        from kubenas.spec import TrainingSpec
+
         unknown = set(hparams) - set(HPARAM_FIELDS)
         if unknown:
             raise InvalidGenotype(f"genotype.hparams: {sorted(unknown)} cannot be applied; accepted: {sorted(HPARAM_FIELDS)}")
-        return replace(self, **{HPARAM_FIELDS[k]: v for k, v in hparams.items()})
+        try:
+            checked = TrainingSpec.model_validate(hparams)
+        except ValidationError as exc:
+            raise InvalidGenotype(describe_validation_error(exc, "genotype.hparams")) from None
+        return replace(self, **{field: getattr(checked, field) for key, field in HPARAM_FIELDS.items() if key in hparams})
 
 
 @dataclass
@@ -165,16 +174,16 @@ def train_proxy(
         return TrainOutcome(status=status, reward=reward, curve=curve, reason=reason, parameters=params,
                             multiply_adds=madds, seconds=time.perf_counter() - started, device=str(device))
 
+    total_steps = cfg.epochs * steps_per_epoch
     for epoch in range(cfg.epochs):
         model.train()
-        if hasattr(model, "set_drop_path"):
-            model.set_drop_path(cfg.drop_path * epoch / max(1, cfg.epochs))  # ScheduledDropPath
         epoch_start = time.perf_counter()
         order = torch.randperm(len(train_x), generator=gen, device=gen.device)
         loss_sum, correct, seen = 0.0, 0, 0
         for step in range(steps_per_epoch):
             if interrupt is not None and interrupt.is_set():
                 raise TrialInterrupted(f"interrupted in epoch {epoch + 1}")
+            model.set_drop_path(scheduled_drop_path(cfg.drop_path, epoch * steps_per_epoch + step, total_steps))
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             xb = train_x[idx.to(train_x.device)].to(device, non_blocking=True)
             yb = train_y[idx.to(train_y.device)].to(device, non_blocking=True)

@@ -91,9 +91,16 @@ def test_penultimate_filters_match_the_built_network(name):
 
 
 def test_nasnet_a_width_relation():
-    assert ex.penultimate_multiplier(NASNET_A) == 5  # its five blocks, none consumed inside the cell
-    assert ex.channels_for_penultimate(NASNET_A, 640) == 32
-    size = ex.plan_size(NASNET_A, cells=6, penultimate=640)
+    # Without a concat list: its five blocks, none consumed inside the cell.
+    plain = {k: v for k, v in NASNET_A.items() if k != "concat"}
+    assert ex.penultimate_multiplier(plain) == 5
+    assert ex.channels_for_penultimate(plain, 640) == 32
+    size = ex.plan_size(plain, cells=6, penultimate=640)
+    assert (size.cells, size.channels) == (6, 32)
+    # As published: the k-2 input and the five blocks, so the paper's 6 @ 768 is N=6, F=32.
+    assert ex.penultimate_multiplier(NASNET_A) == 6
+    assert ex.penultimate_filters(NASNET_A, 32) == 768
+    size = ex.plan_size(NASNET_A, cells=6, penultimate=768)
     assert (size.cells, size.channels) == (6, 32)
     assert (ex.plan_size(NB201).cells, ex.plan_size(NB201).channels) == (5, 16)
 
@@ -236,3 +243,76 @@ def test_a_failing_onnx_export_keeps_the_torchscript_and_says_so(tmp_path, capsy
     _one_line_error(code, out, err, "ONNX export failed", "exporter unavailable", "model.torchscript.pt")
     assert (out_dir / "model.torchscript.pt").exists() and (out_dir / "model.json").exists()
     assert not (out_dir / "model.onnx").exists()
+
+
+# --- sample | describe | train, and what they refuse ----------------------------------------
+
+def _run(capsys, monkeypatch, argv, stdin: bytes | None = None):
+    import io
+    import sys
+
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("space, blocks", [("nasnet", 2), ("nasnet", 3), ("darts", 3)])
+def test_sample_with_blocks_pipes_into_describe_and_train(capsys, monkeypatch, tmp_path, space, blocks):
+    code, sampled, err = _run(capsys, monkeypatch, ["sample", space, "--blocks", str(blocks), "--seed", "1"])
+    assert code == 0, err
+    genotype = json.loads(sampled)
+    assert len(genotype["normal"]) == len(genotype["reduction"]) == blocks
+    code, out, err = _run(capsys, monkeypatch, ["describe", "-", "-N", "1", "-F", "4"], stdin=sampled.encode())
+    assert code == 0, err
+    described = json.loads(out)
+    assert described["hash"] == build_space({"type": space, "blocks": blocks}).hash(genotype)
+    assert described["parameters"] > 0
+    if (space, blocks) == ("nasnet", 2):
+        path = tmp_path / "cell.json"
+        path.write_text(sampled)
+        code, out, err = _run(capsys, monkeypatch, ["train", str(path), "--epochs", "1", "-N", "1", "-F", "4",
+                                                    "--train-subset", "64", "--device", "cpu"])
+        assert code == 0, err
+        assert json.loads(out[out.index("{"):])["status"] == "succeeded"
+        code, out, err = _run(capsys, monkeypatch, ["export", str(path), "-N", "1", "-F", "4", "--input", "3x12x12",
+                                                    "-o", str(tmp_path / "out")])
+        assert code == 0, err
+        assert json.loads(out)["architecture_hash"] == described["hash"]
+
+
+def _refused(code: int, out: str, err: str, *fragments: str) -> None:
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().count("\n") == 0, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_sample_refuses_an_absurd_block_count(capsys, monkeypatch):
+    for blocks in ("1000", "0", "-3"):
+        _refused(*_run(capsys, monkeypatch, ["sample", "nasnet", "--blocks", blocks]),
+                 f"--blocks: {blocks} is not accepted; give 1..10")
+    _refused(*_run(capsys, monkeypatch, ["sample", "nasbench201", "--blocks", "3"]), "--blocks: does not apply")
+
+
+def test_describe_and_train_refuse_bad_genotypes_in_one_line(capsys, monkeypatch, tmp_path):
+    genotype = tmp_path / "g.json"
+    genotype.write_text(json.dumps(NB201))
+    _refused(*_run(capsys, monkeypatch, ["describe", str(genotype), "--input", "3x0x0"]), "--input", "3x0x0")
+    binary = tmp_path / "cell.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    _refused(*_run(capsys, monkeypatch, ["describe", str(binary)]), "cell.png", "UTF-8")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    _refused(*_run(capsys, monkeypatch, ["describe", str(deep)]), "deep.json")
+    listed = tmp_path / "listed.json"
+    listed.write_text(json.dumps({**NASNET_A, "space": ["nasnet"]}))
+    _refused(*_run(capsys, monkeypatch, ["describe", str(listed)]), "genotype.space: ['nasnet'] is not accepted")
+    for hparams, fragment in [('{"epochs": Infinity}', "genotype.hparams.epochs"),
+                              ('{"batchSize": 0}', "genotype.hparams.batchSize")]:
+        bad = tmp_path / "hp.json"
+        bad.write_text(json.dumps(NB201)[:-1] + f', "hparams": {hparams}}}')
+        code, out, err = _run(capsys, monkeypatch, ["train", str(bad), "--epochs", "1", "-N", "1", "-F", "4",
+                                                    "--train-subset", "64", "--device", "cpu"])
+        _refused(code, "", err, fragment)

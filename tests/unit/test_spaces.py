@@ -196,3 +196,116 @@ def test_hyperparameter_spec_errors_name_the_field():
 def test_genotype_json_is_plain_data():
     g = build_space({"type": "darts", "hyperparameters": HPARAMS}).sample(random.Random(3))
     assert json.loads(json.dumps(g)) == g
+
+
+# --- which hidden states a cell concatenates --------------------------------------------
+
+NASNET_A = json.loads((__import__("pathlib").Path(__file__).resolve().parents[2]
+                       / "examples" / "genotypes" / "nasnet-a.json").read_text())
+
+
+def _without_concat(genotype):
+    return {k: v for k, v in genotype.items() if k != "concat"}
+
+
+def test_a_genotype_without_concat_keeps_its_hash():
+    # The hash NASNet-A had before genotypes could name their outputs (README, describe).
+    assert space_of(NASNET_A).hash(_without_concat(NASNET_A)) == "befdf4e8926d1caf"
+
+
+def test_concat_is_validated_normalised_and_hashed():
+    space = build_space("nasnet")
+    genotype = space.validate(NASNET_A)
+    assert genotype["concat"] == {"normal": [0, 2, 3, 4, 5, 6], "reduction": [3, 4, 5, 6]}
+    shuffled = {**NASNET_A, "concat": {"normal": [6, 5, 4, 3, 2, 0], "reduction": [6, 3, 5, 4]}}
+    assert space.validate(shuffled)["concat"] == genotype["concat"]
+    assert space.hash(shuffled) == space.hash(NASNET_A)
+    # Naming what the default concatenates anyway is the same architecture...
+    plain = _without_concat(NASNET_A)
+    default = {**plain, "concat": {"normal": [2, 3, 4, 5, 6], "reduction": [4, 5, 6]}}
+    assert space.hash(default) == space.hash(plain)
+    # ...and concatenating more is another one, cell by cell.
+    assert space.hash(NASNET_A) != space.hash(plain)
+    assert space.hash({**plain, "concat": {"reduction": [3, 4, 5, 6]}}) not in (space.hash(plain), space.hash(NASNET_A))
+    assert space.from_json(space.to_json(genotype)) == genotype
+
+
+@pytest.mark.parametrize("concat, message", [
+    ({"normal": []}, "genotype.concat.normal: is empty"),
+    ({"normal": [0, 2, 3, 4, 5, 9]}, "genotype.concat.normal[5]: input 9 is out of range; accepted 0..6"),
+    ({"normal": [0, 2, 2, 3, 4, 5, 6]}, "names a hidden state twice"),
+    ({"reduction": [3, 4, 5]}, "genotype.concat.reduction: [3, 4, 5] leaves out [6], which no block consumes"),
+    ({"normal": ["0"]}, "genotype.concat.normal.0: Input should be a valid integer"),
+    ({"stem": [0]}, "genotype.concat.stem: Extra inputs are not permitted"),
+])
+def test_bad_concat_lists_are_refused_with_the_field_named(concat, message):
+    with pytest.raises(InvalidGenotype) as err:
+        build_space("nasnet").validate({**NASNET_A, "concat": concat})
+    assert message in str(err.value)
+
+
+def test_darts_cells_concatenate_every_node_and_take_no_concat():
+    g = build_space("darts").sample(random.Random(0))
+    with pytest.raises(InvalidGenotype, match="genotype.concat: Extra inputs are not permitted"):
+        build_space("darts").validate({**g, "concat": {"normal": [2, 3, 4, 5]}})
+
+
+# --- genotypes carry their number of blocks -------------------------------------------
+
+@pytest.mark.parametrize("name, blocks", [("nasnet", 2), ("nasnet", 10), ("darts", 3), ("darts", 1)])
+def test_a_genotype_from_a_space_with_other_blocks_validates_by_itself(name, blocks):
+    searched = build_space({"type": name, "blocks": blocks})
+    genotype = searched.sample(random.Random(blocks))
+    space = space_of(genotype)
+    assert space.blocks == blocks
+    assert space.validate_architecture(genotype) == {**genotype, "hparams": {}}
+    assert space.hash(genotype) == searched.hash(genotype)
+
+
+def test_block_counts_outside_the_spaces_limits_are_refused():
+    g = build_space({"type": "nasnet", "blocks": 10}).sample(random.Random(0))
+    big = {**g, "normal": g["normal"] + g["normal"][:1], "reduction": g["reduction"] + g["reduction"][:1]}
+    with pytest.raises(InvalidGenotype, match=r"genotype.normal: has 11 blocks; accepted 1..10"):
+        space_of(big)
+    with pytest.raises(InvalidGenotype, match=r"genotype.reduction: has 9 blocks; this space has B=10"):
+        space_of(g).validate({**g, "reduction": g["reduction"][:9]})
+    with pytest.raises(InvalidGenotype, match=r"genotype.normal: has 0 blocks"):
+        space_of({**g, "normal": [], "reduction": []}).validate({**g, "normal": [], "reduction": []})
+
+
+@pytest.mark.parametrize("value", [["nasnet"], {"name": "nasnet"}, 5, None])
+def test_a_space_field_that_is_not_a_name_is_refused(value):
+    with pytest.raises(InvalidGenotype, match=r"genotype.space: .* is not accepted; choose one of \["):
+        space_of({**_nasnet(), "space": value})
+
+
+# --- bad input --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "genotype is not UTF-8 text (byte 0x89 at offset 0)"),
+    ("[" * 5000 + "]" * 5000, "genotype: JSON nested"),
+    ("[" * 40 + "]" * 40, "genotype: JSON nested more than 32 levels deep"),
+    ('{"space": "nasnet", "hparams": {"epochs": Infinity}}', "genotype: Infinity is not accepted"),
+    ('{"space": "nasnet", "hparams": {"learningRate": NaN}}', "genotype: NaN is not accepted"),
+    ('{"space": "nasnet", "hparams": {"learningRate": 1e400}}', "genotype: 1e400 is not accepted"),
+])
+def test_unreadable_genotype_text_is_refused_in_one_line(text, message):
+    from kubenas.spaces import load_genotype
+
+    with pytest.raises(InvalidGenotype) as err:
+        load_genotype(text)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(InvalidGenotype):
+        build_space("nasnet").from_json(text)
+
+
+@pytest.mark.parametrize("name", ["darts", "nasbench201"])
+def test_an_operation_list_of_only_none_is_refused(name):
+    with pytest.raises(InvalidSpec, match=r"searchSpace.operations: \['none'\] is not accepted; .*no architecture can learn"):
+        build_space({"type": name, "operations": ["none"]})
+    build_space({"type": name, "operations": ["none", "skip_connect"]})  # a skip carries the input
+
+
+def test_a_bad_space_section_is_one_readable_error():
+    with pytest.raises(InvalidSpec, match=r"searchSpace.blocks: Input should be less than or equal to 10 \(got 1000\)"):
+        build_space({"type": "nasnet", "blocks": 1000})

@@ -105,3 +105,164 @@ def test_npz_dataset_loads_and_checks_shapes(tmp_path):
     truncated.write_bytes(good.read_bytes()[:100])
     with pytest.raises(DatasetError, match="npz"):
         load_dataset("npz", root=truncated)
+
+
+# --- ScheduledDropPath ------------------------------------------------------------------
+
+def test_drop_path_rises_every_step_and_with_the_cells_depth():
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    from kubenas.nn.networks import Network
+
+    data = load_dataset("digits", train_subset=64, seed=0)
+    seen = []
+
+    def record(module, inputs):
+        if isinstance(module, Network) and module.training:
+            seen.append([cell.drop_prob for cell in module.cells])
+
+    cfg = TrainConfig(epochs=2, batch_size=16, channels=4, cells_per_stage=1, device="cpu", drop_path=0.4,
+                      augment=False)
+    handle = register_module_forward_pre_hook(record)
+    try:
+        train_proxy(GOOD_CELL, data, cfg)
+    finally:
+        handle.remove()
+    steps = 2 * 64 // 16
+    assert len(seen) == steps
+    cells = len(seen[0])
+    for step, probs in enumerate(seen):  # the reference: p * (step / total) * (cell + 1) / cells
+        assert probs == pytest.approx([0.4 * step / steps * (i + 1) / cells for i in range(cells)])
+
+
+# --- hyperparameters a genotype carries -------------------------------------------------
+
+@pytest.mark.parametrize("hparams, message", [
+    ({"epochs": float("inf")}, "genotype.hparams.epochs: Input should be a valid integer (got inf)"),
+    ({"batchSize": 0}, "genotype.hparams.batchSize: Input should be greater than or equal to 1 (got 0)"),
+    ({"learningRate": float("nan")}, "genotype.hparams.learningRate: Input should be a finite number"),
+    ({"learningRate": -0.1}, "genotype.hparams.learningRate: Input should be greater than 0"),
+    ({"dropPath": 1.0}, "genotype.hparams.dropPath: Input should be less than 1"),
+])
+def test_hyperparameters_that_cannot_train_are_refused_before_training(digits, hparams, message):
+    from kubenas.errors import InvalidGenotype
+
+    with pytest.raises(InvalidGenotype) as err:
+        train_proxy({**GOOD_CELL, "hparams": hparams}, digits, TINY)
+    assert message in str(err.value)
+
+
+# --- splits -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fraction, message", [
+    (0.0005, "validationFraction: 0.0005 of the 1797 images of dataset digits leaves 1 validation images; "
+             "at least 5 are needed"),
+    (0.999, "leaves 2 training images; at least 5 are needed"),
+    (1.5, "validationFraction: 1.5 is not accepted"),
+    (float("nan"), "validationFraction: nan is not accepted"),
+])
+def test_a_split_that_leaves_too_few_images_is_refused_with_the_count(fraction, message):
+    with pytest.raises(DatasetError) as err:
+        load_dataset("digits", validation_fraction=fraction)
+    assert message in str(err.value)
+
+
+# --- the pre-flight check ---------------------------------------------------------------
+
+def _spec(**fields):
+    from kubenas.spec import DatasetSpec
+
+    return DatasetSpec.model_validate(fields)
+
+
+def _write_npz_header_only(path, shape, dtype="|u1"):
+    """An .npz whose x has a valid header and no data: only a lazy check passes it."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
+    labels = io.BytesIO()
+    np.save(labels, np.zeros(shape[0], dtype=np.int64))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", header.getvalue())
+        archive.writestr("y.npy", labels.getvalue())
+
+
+def test_preflight_accepts_what_trains_without_loading_it(tmp_path):
+    from kubenas.training.datasets import preflight_dataset
+
+    preflight_dataset(_spec(name="digits"))
+    good = tmp_path / "good.npz"
+    rng = np.random.default_rng(0)
+    np.savez(good, x=rng.integers(0, 255, (40, 12, 12, 3), dtype=np.uint8), y=rng.integers(0, 4, 40))
+    preflight_dataset(_spec(name="npz", root=str(good)))
+    # A header that promises 100,000 images with no data behind it: the check reads headers only.
+    lazy = tmp_path / "lazy.npz"
+    _write_npz_header_only(lazy, (100_000, 32, 32, 3))
+    preflight_dataset(_spec(name="npz", root=str(lazy)))
+    with pytest.raises(DatasetError):
+        load_dataset("npz", root=lazy)
+    cifar = tmp_path / "cifar"
+    (cifar / "cifar-10-batches-py").mkdir(parents=True)
+    for i in range(1, 6):
+        (cifar / "cifar-10-batches-py" / f"data_batch_{i}").write_bytes(b"")
+    preflight_dataset(_spec(name="cifar10", root=str(cifar)))
+    preflight_dataset(_spec(name="cifar100", root=str(tmp_path / "later"), download=True))
+
+
+def test_preflight_refuses_what_would_fail_every_trial(tmp_path):
+    from kubenas.training.datasets import preflight_dataset
+
+    rng = np.random.default_rng(0)
+    text = tmp_path / "notes.npz"
+    text.write_text("not a zip archive")
+    lacking = tmp_path / "lacking.npz"
+    np.savez(lacking, x=rng.random((40, 8, 8)))
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, x=np.array([{"a": 1}] * 20, dtype=object), y=np.zeros(20, dtype=int))
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x=rng.random((40, 12)), y=rng.integers(0, 4, 40))
+    tiny = tmp_path / "tiny.npz"
+    np.savez(tiny, x=rng.random((8, 8, 8)), y=rng.integers(0, 4, 8))
+    cases = [
+        (_spec(name="npz", root=str(tmp_path / "missing.npz")), "training.dataset.root: .*missing.npz does not exist"),
+        (_spec(name="npz"), "training.dataset.root: dataset npz needs the path of an .npz file"),
+        (_spec(name="npz", root=str(tmp_path)), "is a directory; dataset npz needs an .npz file"),
+        (_spec(name="npz", root=str(text)), "notes.npz is not an .npz archive"),
+        (_spec(name="npz", root=str(lacking)), r"lacks arrays \['y'\]"),
+        (_spec(name="npz", root=str(pickled)), "without pickled objects"),
+        (_spec(name="npz", root=str(flat)), "images must have shape"),
+        (_spec(name="npz", root=str(tiny)), "dataset npz: only 8 images; at least 10 are needed"),
+        (_spec(name="cifar10"), "training.dataset.root: dataset cifar10 needs a root"),
+        (_spec(name="cifar10", root=str(tmp_path)), r"no usable files under .* \(missing cifar-10-batches-py/"
+                                                    r"data_batch_1\).*download: true"),
+        (_spec(name="cifar100", root=str(text)), "is a file; dataset cifar100 needs a directory"),
+        (_spec(name="digits", validationFraction=0.0005), "leaves 1 validation images"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(DatasetError, match=message):
+            preflight_dataset(spec)
+
+
+# --- a search with blocks: 2, down the trainer's path -----------------------------------
+
+def test_a_blocks_2_search_trains_through_the_trainers_build_path():
+    """What a trainer does with a trial of a `blocks: 2` search (trainer.py `_train`): the
+    genotype arrives as JSON in a TrialMessage, is validated by `space_of` and trained."""
+    from kubenas.queue.messages import TrialMessage
+    from kubenas.spaces import build_space, space_of
+    from kubenas.spec import SearchSpaceSpec, TrainingSpec
+
+    space = build_space(SearchSpaceSpec(type="nasnet", blocks=2))
+    genotype = space.sample(__import__("random").Random(4))
+    trial = TrialMessage(search="s", trial_id="t-1", genotype=genotype, epochs=1,
+                         training=TrainingSpec.model_validate({"channels": 4, "cellsPerStage": 1}))
+    trial = TrialMessage.model_validate_json(trial.model_dump_json())
+    checked = space_of(trial.genotype).validate_architecture(trial.genotype)
+    t = trial.training
+    data = load_dataset("digits", train_subset=128, seed=0)
+    outcome = train_proxy(checked, data, TrainConfig(epochs=trial.epochs, batch_size=t.batch_size,
+                                                       channels=t.channels, cells_per_stage=t.cells_per_stage,
+                                                       device="cpu"))
+    assert outcome.status == "succeeded" and len(outcome.curve) == 1 and outcome.parameters > 0
