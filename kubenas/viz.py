@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from kubenas.spaces import space_of
 from kubenas.spaces.nasbench201 import EDGES, NODES, parse_cellstr
-from kubenas.spaces.nasnet import CELL_TYPES, unused_blocks
+from kubenas.spaces.nasnet import CELL_TYPES, cell_outputs
 
 STATUS_COLORS = {"succeeded": "#2a9d8f", "stopped": "#e9a23b", "failed": "#d62828"}
 OTHER_STATUS_COLOR = "#8d99ae"
@@ -202,12 +202,13 @@ class _CellPlan:
 
 
 def _block_cell(blocks: list[dict], outputs: list[int], darts: bool) -> list[_Node]:
+    """outputs: the hidden states the cell concatenates (0, 1 the cell inputs, 2+j block j)."""
     nodes = [_Node("0", "$c_{k-2}$", "input"), _Node("1", "$c_{k-1}$", "input")]
     for b, block in enumerate(blocks):
         label = f"node {b}" if darts else f"block {b}\n{block['combine']}"
         nodes.append(_Node(str(2 + b), label, "block",
                            [(str(i), op) for i, op in zip(block["inputs"], block["ops"])]))
-    nodes.append(_Node("out", "$c_{k}$\nconcat", "output", [(str(2 + b), None) for b in outputs]))
+    nodes.append(_Node("out", "$c_{k}$\nconcat", "output", [(str(state), None) for state in outputs]))
     return nodes
 
 
@@ -350,8 +351,7 @@ def cell_graphs(genotype: dict) -> list[tuple[str, list[_Node]]]:
     graphs = []
     for kind in CELL_TYPES:
         blocks = genotype[kind]
-        outputs = list(range(len(blocks))) if darts else unused_blocks(blocks)
-        graphs.append((f"{kind} cell", _block_cell(blocks, outputs, darts)))
+        graphs.append((f"{kind} cell", _block_cell(blocks, cell_outputs(genotype, kind), darts)))
     return graphs
 
 

@@ -131,3 +131,13 @@ def test_draw_cells_rejects_an_invalid_genotype(tmp_path):
     with pytest.raises(InvalidGenotype, match="genotype.normal"):
         draw_cells(bad, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+@pytest.mark.parametrize("cell, concatenated", [("normal", 6), ("reduction", 4)])
+def test_nasnet_a_drawing_concatenates_what_the_published_cell_does(cell, concatenated):
+    # Published NASNet-A: the normal cell also concatenates the unused k-2 input, the reduction
+    # cell also block 1 although block 3 consumes it. One arrow per operation to its label and
+    # one on to its block, then one per concatenated state.
+    plan = dict(zip(["normal", "reduction"], cell_plans(NASNET_A)))[cell]
+    assert NASNET_A["concat"][cell] and len(NASNET_A["concat"][cell]) == concatenated
+    assert len(plan.arrows) == 2 * 2 * len(NASNET_A[cell]) + concatenated
