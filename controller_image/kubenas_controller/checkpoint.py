@@ -111,6 +111,7 @@ class Checkpoint:
         self.generation = 0
         self.last_bytes = 0
         self.tensor_file: Optional[str] = None
+        self._append_failed = False
 
     def lock(self) -> None:
         """Hold the directory for this process (released when it exits, even by SIGKILL):
@@ -191,11 +192,15 @@ class Checkpoint:
         if events:
             data = b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in events)
             with open(self.log_path, "ab") as f:
+                if self._append_failed:  # drop what the failed attempt may have left half-written
+                    f.truncate(self.last_bytes)
+                self._append_failed = True
                 f.write(data)
                 f.flush()
                 if self.fsync:
                     os.fsync(f.fileno())
                 self.last_bytes = f.tell()
+                self._append_failed = False
         return self.last_bytes
 
     def save(self, state: dict) -> int:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Any, NoReturn, Optional
 
 import yaml
 from pydantic import ValidationError
@@ -26,15 +27,42 @@ from pydantic import ValidationError
 from kubenas import metrics
 from kubenas.errors import InvalidSpec, KubenasError, describe_validation_error
 from kubenas.queue.keys import SearchKeys
-from kubenas.queue.redis_queue import connect, redact
-from kubenas.spec import KIND, ArchitectureSearchSpec, load_manifest
+from kubenas.queue.connection import connect, redact
+from kubenas.manifest import load_manifest
+from kubenas.spec import KIND, ArchitectureSearchSpec
 
 log = logging.getLogger("kubenas.controller")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line naming the flag (argparse's usage block buries it), exit 2."""
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def number(kind: type, low: float, high: float = math.inf, accepted: str = "", exclusive_low: bool = False):
+    """An argparse type: a finite number of `kind` in [low, high] ((low, high] when exclusive_low)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        too_low = value is not None and (value <= low if exclusive_low else value < low)
+        if value is None or not math.isfinite(value) or too_low or value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not accepted; expected {accepted}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+PORT = number(int, -1, 65535, "a port 1..65535, 0 for any free port or -1 for none")
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="python -m kubenas_controller",
+    p = ArgumentParser(prog="python -m kubenas_controller",
                                 description="kubenas controller: runs the strategy, fills the trial queue, "
                                             "applies results, checkpoints, publishes the summary.")
     p.add_argument("--spec", required=True, help="ArchitectureSearch manifest (YAML), or its spec section")
@@ -45,13 +73,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "the password may come from KUBENAS_REDIS_PASSWORD")
     p.add_argument("--checkpoint-dir", default=env("KUBENAS_CHECKPOINT_DIR", "/var/lib/kubenas"),
                    help="a directory that outlives the process (a PVC in Kubernetes)")
-    p.add_argument("--metrics-port", type=int, default=int(env("KUBENAS_METRICS_PORT", "8080")),
+    p.add_argument("--metrics-port", type=PORT, default=env("KUBENAS_METRICS_PORT", "8080"),
                    help="serve /metrics and /healthz here (0: any free port, -1: off)")
-    p.add_argument("--lease-seconds", type=float, default=30.0,
+    p.add_argument("--lease-seconds", type=number(float, 0, 86400, "seconds > 0", exclusive_low=True), default=30.0,
                    help="a trial whose trainer stops heartbeating for this long goes to another trainer")
-    p.add_argument("--max-attempts", type=int, default=3, help="attempts per trial before it is failed (dead letter)")
-    p.add_argument("--prefetch", type=int, default=None, help="trials queued beyond parallelism (default 1 + parallelism/8)")
-    p.add_argument("--finish-grace", type=float, default=60.0,
+    p.add_argument("--max-attempts", type=number(int, 1, 1000, "an integer 1..1000"), default=3, help="attempts per trial before it is failed (dead letter)")
+    p.add_argument("--prefetch", type=number(int, 0, 10_000, "an integer 0..10000"), default=None, help="trials queued beyond parallelism (default 1 + parallelism/8)")
+    p.add_argument("--finish-grace", type=number(float, 0, 86400, "seconds 0..86400"), default=60.0,
                    help="seconds a finishing search waits for running trials to stop")
     p.add_argument("--no-fsync", action="store_true", help="do not fsync checkpoints (tests and benchmarks only)")
     p.add_argument("--log-level", default=env("KUBENAS_LOG_LEVEL", "INFO"))
@@ -102,12 +130,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise InvalidSpec("--name is required when --spec holds only the spec section")
         keys = SearchKeys(namespace, name)
         client = connect(args.redis_url, client_name=f"kubenas-controller:{keys.search}")
-        from kubenas_controller.controller import Controller, Options
+        from kubenas_controller.controller import Controller, ControllerOptions
 
-        controller = Controller(spec, keys, client, args.checkpoint_dir, Options(
+        controller = Controller(spec, keys, client, args.checkpoint_dir, ControllerOptions(
             prefetch=args.prefetch, lease_seconds=args.lease_seconds, max_attempts=args.max_attempts,
             finish_grace=args.finish_grace, fsync=not args.no_fsync), stopping=stopping)
-        server = metrics.serve(args.metrics_port, controller.healthy)
+        try:
+            server = metrics.serve(args.metrics_port, controller.healthy)
+        except OSError as exc:
+            raise InvalidSpec(f"--metrics-port {args.metrics_port}: cannot listen there ({exc.strerror or exc}); "
+                              "choose a free port, 0 for any or -1 for none") from None
         if server is not None:
             log.info("metrics and health on port %d", server.server_address[1])
         log.info("search %s: %s strategy, %s space, redis %s, checkpoint %s", keys.search,
@@ -115,4 +147,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return controller.run()
     except KubenasError as exc:
         log.error("%s", exc)
+        return 2
+    except OSError as exc:  # e.g. a checkpoint directory that cannot be created or read
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("%s%s", where, exc.strerror or exc)
         return 2

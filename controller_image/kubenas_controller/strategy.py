@@ -14,15 +14,13 @@ takes snake_case keyword arguments: converted here, and only here.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from typing import Any, Optional
+from typing import Any
 
 from kubenas.errors import InvalidSpec
 from kubenas.spaces import SearchSpace
 from kubenas.spec import ArchitectureSearchSpec, DatasetSpec
-from kubenas.strategies.base import Strategy, Wrapper
+from kubenas.strategies.base import Strategy
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
@@ -36,22 +34,6 @@ def snake_case(name: str) -> str:
 
 def strategy_kwargs(parameters: dict[str, Any]) -> dict[str, Any]:
     return {snake_case(k): v for k, v in parameters.items()}
-
-
-def fingerprint(spec: ArchitectureSearchSpec) -> str:
-    """What a checkpoint's strategy state depends on: resuming under another value is refused."""
-    parts = {
-        "searchSpace": spec.search_space.model_dump(mode="json", by_alias=True),
-        "strategy": spec.strategy.model_dump(mode="json", by_alias=True),
-        "seed": spec.training.seed,
-        "earlyStopping": spec.training.early_stopping.model_dump(mode="json", by_alias=True),
-        "constraints": spec.objective.constraints.model_dump(mode="json", by_alias=True),
-        "costPenalty": spec.objective.cost_penalty.model_dump(mode="json", by_alias=True)
-        if spec.objective.cost_penalty else None,
-    }
-    if spec.training.early_stopping.algorithm != "none":
-        parts["epochs"] = spec.training.epochs
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def dataset_shape(dataset: DatasetSpec) -> tuple[tuple[int, int, int], int]:
@@ -121,16 +103,6 @@ def build_strategy(spec: ArchitectureSearchSpec, space: SearchSpace) -> Strategy
             raise InvalidSpec(f"training.earlyStopping: {exc}") from None
         strategy = MultiFidelity(strategy, scheduler)
     return strategy
-
-
-def find_layer(strategy: Strategy, name: str) -> Optional[Strategy]:
-    """The wrapper (or strategy) called `name` in the stack, if present."""
-    layer: Optional[Strategy] = strategy
-    while layer is not None:
-        if type(layer).name == name:
-            return layer
-        layer = layer.inner if isinstance(layer, Wrapper) else None
-    return None
 
 
 def measures_latency(spec: ArchitectureSearchSpec) -> bool:
