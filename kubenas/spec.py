@@ -22,14 +22,14 @@ PLURAL = "architecturesearches"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 # The strategy registry must offer exactly these (a test checks it).
-STRATEGY_NAMES = ("random", "ppo", "reinforce", "evolution", "local-search", "tpe", "gp-bo", "bohb")
+STRATEGY_NAMES = ("random", "ppo", "reinforce", "evolution", "local-search", "tpe", "gp-bo", "bohb", "pbt")
 # The parameters each strategy accepts, with their JSON types: the CRD refuses an
 # unknown name or a wrong type at admission, and so does `kubenas run`.
 # tests/unit/test_spec_models.py checks this table against the strategies' constructors.
 STRATEGY_PARAMETERS: dict[str, dict[str, str]] = {
     "random": {},
-    "evolution": {"population": "integer", "sample": "integer"},
-    "local-search": {"initial": "integer"},
+    "evolution": {"population": "integer", "sample": "integer", "inherit_weights": "boolean"},
+    "local-search": {"initial": "integer", "inherit_weights": "boolean"},
     "tpe": {"multivariate": "boolean", "group": "boolean", "n_startup_trials": "integer",
             "n_ei_candidates": "integer", "constant_liar": "boolean"},
     "ppo": {"clip": "number", "epochs": "integer", "hidden": "integer", "lr": "number",
@@ -42,6 +42,8 @@ STRATEGY_PARAMETERS: dict[str, dict[str, str]] = {
     "bohb": {"max_epochs": "integer", "min_epochs": "integer", "eta": "integer", "brackets": "integer",
              "random_fraction": "number", "min_points": "integer", "top_fraction": "number", "samples": "integer",
              "bandwidth_factor": "number", "min_bandwidth": "number"},
+    "pbt": {"population": "integer", "perturbation_interval": "integer", "max_epochs": "integer",
+            "quantile_fraction": "number", "resample_probability": "number", "burn_in_period": "integer"},
 }
 # A field marked so (json_schema_extra) cannot change once the search exists: kubenas/crd.py
 # turns the mark into a CEL transition rule. What a running search is built from is
@@ -284,6 +286,31 @@ class PersistenceSpec(SpecModel):
     storage_class_name: Optional[str] = Field(default=None, max_length=253)
 
 
+class ArtifactsSpec(SpecModel):
+    """The search's artifact store in a cluster: trial checkpoints on a volume that every trainer
+    (and the controller, which prunes what is no longer needed) mounts. `kubenas run` always
+    uses <output>/artifacts and ignores these settings."""
+
+    enabled: bool = Field(
+        default=False, description="Checkpoint every trial after each epoch, so that a preempted or crashed "
+                                   "trial resumes where it stopped (needs a ReadWriteMany volume).")
+    existing_claim: Optional[str] = Field(
+        default=None, min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Mount this PersistentVolumeClaim (ReadWriteMany, in the search's namespace) instead of "
+                    "creating one; it is not deleted with the search.")
+    size: Optional[str] = Field(
+        default=None, pattern=QUANTITY, max_length=64,
+        description="Size of the claim the operator creates (owned by the search, deleted with it); "
+                    "default: the chart's searchDefaults.artifacts.size.")
+    storage_class_name: Optional[str] = Field(
+        default=None, min_length=1, max_length=253,
+        description="Storage class of the created claim (one that offers ReadWriteMany); default: the chart's "
+                    "searchDefaults.artifacts.storageClassName, else the cluster's default class.")
+    checkpoint_seconds: int = Field(
+        default=300, ge=10, le=86400,
+        description="Besides after every epoch, checkpoint at most this often within a long epoch.")
+
+
 class RedisSpec(SpecModel):
     mode: Literal["managed", "external"] = Field(
         default="managed", description="managed: the operator runs a Redis for this search; external: bring your own.")
@@ -297,6 +324,22 @@ class RedisSpec(SpecModel):
         if self.mode == "external" and self.url_secret is None:
             raise ValueError("redis.urlSecret is required when redis.mode is external")
         return self
+
+
+# BOHB runs its own Hyperband brackets: a second scheduler would stop its trials by other rules.
+_BOHB_OWN_SCHEDULE = (
+    "!has(self.strategy) || !has(self.strategy.algorithm) || self.strategy.algorithm != 'bohb' || "
+    "!has(self.training) || !has(self.training.earlyStopping) || !has(self.training.earlyStopping.algorithm) || "
+    "self.training.earlyStopping.algorithm == 'none'",
+    "training.earlyStopping.algorithm: must be none with strategy.algorithm bohb, which schedules its own epochs "
+    "(its rungs come from training.epochs, earlyStopping.minEpochs and earlyStopping.reductionFactor)")
+# PBT trains its members in intervals it decides itself: a scheduler would stop them by other rules.
+_PBT_OWN_SCHEDULE = (
+    "!has(self.strategy) || !has(self.strategy.algorithm) || self.strategy.algorithm != 'pbt' || "
+    "!has(self.training) || !has(self.training.earlyStopping) || !has(self.training.earlyStopping.algorithm) || "
+    "self.training.earlyStopping.algorithm == 'none'",
+    "training.earlyStopping.algorithm: must be none with strategy.algorithm pbt, which trains its members in "
+    "intervals of its own (strategy.parameters.perturbation_interval, max_epochs)")
 
 
 class ArchitectureSearchSpec(SpecModel):
@@ -313,6 +356,10 @@ class ArchitectureSearchSpec(SpecModel):
         default_factory=RedisSpec, description="The Redis of the trial queue: managed by the operator, or external.",
         json_schema_extra=IMMUTABLE)
     suspend: bool = Field(default=False, description="Stop handing out trials and scale trainers to zero; resumable.")
+    # Mutable: a change rolls the trainers; a trial then resumes from what the new store holds.
+    artifacts: ArtifactsSpec = Field(
+        default_factory=ArtifactsSpec,
+        description="Trial checkpoints: a ReadWriteMany volume shared by the search's pods (cluster only).")
 
     @field_validator("search_space", mode="before")
     @classmethod
@@ -320,6 +367,15 @@ class ArchitectureSearchSpec(SpecModel):
         # The search-space models live with the spaces (kubenas/spaces/config.py); validated
         # strictly here, like every section of the spec (a quoted number is refused).
         return SearchSpaceSpec.model_validate(value, strict=True) if isinstance(value, dict) else value
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(_BOHB_OWN_SCHEDULE, _PBT_OWN_SCHEDULE))
+
+    @model_validator(mode="after")
+    def _bohb_schedules_its_own_epochs(self) -> "ArchitectureSearchSpec":
+        own = {"bohb": _BOHB_OWN_SCHEDULE, "pbt": _PBT_OWN_SCHEDULE}.get(self.strategy.algorithm)
+        if own is not None and self.training.early_stopping.algorithm != "none":
+            raise ValueError(own[1] + f" (got {self.training.early_stopping.algorithm!r})")
+        return self
 
     @model_validator(mode="after")
     def _hyperparameters_within_training_bounds(self) -> "ArchitectureSearchSpec":

@@ -38,10 +38,11 @@ from kubenas.search_state import CONTROLLER_ERROR, TOO_MANY_FAILED, InFlight, Ve
 from kubenas.spaces import build_space
 from kubenas.spec import ArchitectureSearchSpec, SearchSummary
 from kubenas.strategies.base import Result, SearchExhausted, Strategy, Trial
+from kubenas.training.checkpoints import CheckpointRetention, TrialCheckpointStore
 
 from kubenas_controller.live_budget import LiveBudget
 from kubenas_controller.search_checkpoint import SearchCheckpoint, now_iso
-from kubenas_controller.strategy import build_strategy, measures_latency
+from kubenas_controller.strategy import build_strategy, measures_latency, schedules_epochs
 
 log = logging.getLogger("kubenas.controller")
 
@@ -60,6 +61,8 @@ class ControllerOptions:
     live_spec_seconds: float = 0.5  # how often the live spec is polled
     checkpoint_retry_cap: float = 30.0  # the longest wait between attempts to save a failing checkpoint
     fsync: bool = True
+    artifacts: Optional[str] = None  # the search's artifact store: trial checkpoints to prune
+    keep_top_k: int = 5  # the best finished trials whose checkpoints stay (later stages, inheritance)
 
 
 @dataclass
@@ -101,8 +104,11 @@ class Controller:
         self._summary_cache: Optional[bytes] = None
         self._reconcile_at = 0.0
         self._prune_at = time.monotonic() + 600
-        self._scheduled = spec.training.early_stopping.algorithm != "none"
+        self._scheduled = schedules_epochs(spec)
         self._latency = measures_latency(spec)
+        self.retention: Optional[CheckpointRetention] = None
+        if options.artifacts:
+            self.retention = CheckpointRetention(TrialCheckpointStore(options.artifacts), top_k=options.keep_top_k)
 
     # The state's tally and trials in flight, as the tests and tools read them.
     @property
@@ -248,6 +254,8 @@ class Controller:
                           self.strategy.name, msg.trial_id)
         now = time.time()
         self.state.apply_result(msg, verdict, reward, now)
+        if self.retention is not None and verdict.status == "succeeded":
+            self.retention.note(msg.trial_id, reward)
         step.applied += 1
         metrics.TRIALS_COMPLETED.labels(self.search, msg.status).inc()
         if verdict.status == "succeeded" and reward is not None:
@@ -391,9 +399,33 @@ class Controller:
 
     def _housekeeping(self) -> None:
         self.live_budget.note_drained()
+        self._prune_checkpoints()
         if time.monotonic() >= self._reconcile_at:
             self.reconcile()
         self.publish_summary(force=self.finished)
+
+    def _prune_checkpoints(self) -> None:
+        """Remove the trial checkpoints nothing needs any more (bounded disk): kept are the trials
+        in flight or withdrawn (to resume), their parents, what the strategy still needs, the top-k."""
+        now = time.monotonic()
+        if self.retention is None or not self.retention.due(now):
+            return
+        flights = list(self.state.inflight.values()) + list(self.state.withdrawn.values())
+        in_flight = {f.trial_id: f.message.parent_trial_id for f in flights}
+        needed = getattr(self.strategy, "checkpoints_needed", None)
+        try:
+            keep = list(needed()) if callable(needed) else []
+            if self.tally.best_trial:
+                keep.append(self.tally.best_trial)
+            freed = self.retention.prune(in_flight, keep, now)
+            used = self.retention.store.bytes_used()
+        except Exception as exc:  # noqa: BLE001 - an unreachable volume or a strategy bug: keep everything
+            log.warning("search %s: trial checkpoints not pruned: %s: %s", self.search, type(exc).__name__, exc)
+            return
+        if freed:
+            metrics.TRIAL_CHECKPOINT_FREED_BYTES.labels(self.search).inc(freed)
+            log.debug("search %s: removed %d bytes of trial checkpoints no longer needed", self.search, freed)
+        metrics.TRIAL_CHECKPOINT_BYTES.labels(self.search).set(used)
 
     # --- keeping Redis in line with the checkpoint --------------------------------------
     def reconcile(self) -> None:

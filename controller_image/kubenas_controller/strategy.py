@@ -61,7 +61,7 @@ def build_strategy(spec: ArchitectureSearchSpec, space: SearchSpace) -> Strategy
     from kubenas.strategies import make_strategy
 
     strategy = make_strategy(spec.strategy.algorithm, space, seed=spec.training.seed,
-                             **strategy_kwargs(spec.strategy.parameters))
+                             **{**own_schedule(spec), **strategy_kwargs(spec.strategy.parameters)})
 
     limits: dict[str, float] = {}
     if spec.objective.constraints.max_parameters is not None:
@@ -103,6 +103,22 @@ def build_strategy(spec: ArchitectureSearchSpec, space: SearchSpace) -> Strategy
             raise InvalidSpec(f"training.earlyStopping: {exc}") from None
         strategy = MultiFidelity(strategy, scheduler)
     return strategy
+
+
+def own_schedule(spec: ArchitectureSearchSpec) -> dict[str, int]:
+    """BOHB's rungs, PBT's epochs per member, from the search's training settings (its
+    parameters may still override them)."""
+    if spec.strategy.algorithm == "pbt":
+        return {"max_epochs": spec.training.epochs}
+    if spec.strategy.algorithm != "bohb":
+        return {}
+    es, epochs = spec.training.early_stopping, spec.training.epochs
+    return {"max_epochs": epochs, "min_epochs": min(es.min_epochs, epochs), "eta": es.reduction_factor}
+
+
+def schedules_epochs(spec: ArchitectureSearchSpec) -> bool:
+    """Whether trials report every epoch for a stop/promote decision (early stopping, or BOHB's brackets)."""
+    return spec.training.early_stopping.algorithm != "none" or spec.strategy.algorithm == "bohb"
 
 
 def measures_latency(spec: ArchitectureSearchSpec) -> bool:

@@ -143,6 +143,26 @@ def test_early_stopping_decisions_take_effect_at_the_epoch_they_answer(redis_ser
     assert any(e["status"] == "succeeded" and e["epochs"] == 9 for e in results)
 
 
+def test_bohb_runs_its_own_brackets_through_the_controller(redis_server, keys, tmp_path):
+    # Rungs at 1, 3 and 9 epochs from training.epochs, minEpochs and reductionFactor: BOHB's trials
+    # report every epoch and are stopped at a rung or promoted, with no earlyStopping configured.
+    spec = make_spec(max_trials=20, parallelism=2, epochs=9, algorithm="bohb",
+                     training={"earlyStopping": {"algorithm": "none", "minEpochs": 1, "reductionFactor": 3}})
+    run = InProcess(redis_server.url, keys, spec, tmp_path / "ck", trainers=2, fake_work=0.05)
+    summary = run.start().wait(120)
+    assert summary["trials"]["total"] == 20
+    results = by_kind(events(tmp_path / "ck"), "result")
+    assert all(len(e["curve"]) == e["epochs"] for e in results)
+    assert {e["epochs"] for e in results if e["status"] == "stopped"} <= {1, 3} and any(
+        e["status"] == "stopped" for e in results), "BOHB's brackets stopped nothing"
+    assert any(e["status"] == "succeeded" and e["epochs"] == 9 for e in results)
+
+
+def test_bohb_with_a_second_scheduler_is_refused_naming_the_field():
+    with pytest.raises(ValueError, match="training.earlyStopping.algorithm: must be none with strategy.algorithm bohb"):
+        make_spec(algorithm="bohb", early_stopping={"algorithm": "asha"})
+
+
 def test_a_fresh_controller_clears_the_leftovers_of_an_earlier_search_of_the_same_name(redis_server, keys, tmp_path):
     from kubenas.queue.messages import TrialMessage
     from kubenas.queue.connection import connect
