@@ -37,5 +37,10 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
 
 
 def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
+    import reprlib
+
+    # Bounded before rendering: an alias-expanded value can be gigabytes as a full repr.
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxtuple, r.maxset = 3, limit, limit, 4, 4, 4, 4
+    text = r.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

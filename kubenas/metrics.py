@@ -80,6 +80,26 @@ IMAGES_PER_SECOND = Gauge("kubenas_trainer_images_per_second", "Training through
 BUSY_SECONDS = Counter("kubenas_trainer_busy_seconds_total", "Seconds a trainer spent on trials.", [SEARCH])
 IDLE_SECONDS = Counter("kubenas_trainer_idle_seconds_total", "Seconds a trainer spent waiting for trials.", [SEARCH])
 
+# --- trial checkpoints (trainers save and resume them; the controller prunes them) ------
+
+TRIAL_CHECKPOINT_BYTES = Gauge(
+    "kubenas_trial_checkpoint_bytes", "Bytes of trial checkpoints in the search's artifact store.", [SEARCH])
+TRIAL_CHECKPOINT_SAVE_SECONDS = Histogram(
+    "kubenas_trial_checkpoint_save_seconds", "Writing one trial checkpoint (atomically, fsynced).",
+    [SEARCH], buckets=FAST_BUCKETS)
+TRIAL_CHECKPOINTS_INVALID = Counter(
+    "kubenas_trial_checkpoints_invalid_total",
+    "Trial checkpoints that could not be used (the trial restarted from scratch), by reason: "
+    "missing, truncated, corrupt, mismatch, shape.", [SEARCH, "reason"])
+TRIAL_CHECKPOINT_ERRORS = Counter(
+    "kubenas_trial_checkpoint_errors_total", "Trial checkpoints that could not be written (training went on).",
+    [SEARCH])
+TRIALS_RESUMED = Counter(
+    "kubenas_trials_resumed_total", "Trials that continued from a checkpoint instead of from scratch.", [SEARCH])
+TRIAL_CHECKPOINT_FREED_BYTES = Counter(
+    "kubenas_trial_checkpoint_freed_bytes_total", "Bytes of trial checkpoints removed once no longer needed.",
+    [SEARCH])
+
 
 # --- operator -----------------------------------------------------------------------
 

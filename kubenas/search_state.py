@@ -178,6 +178,7 @@ class SearchState:
             "e": "result", "id": msg.trial_id, "status": verdict.status, "outcome": msg.status, "reward": reward,
             "accuracy": verdict.accuracy, "curve": list(msg.curve), "cost": dict(msg.cost), "epochs": msg.epochs,
             "error": verdict.error, "trainer": msg.trainer, "attempt": msg.attempt, "device": msg.device,
+            "resumed_from_epoch": msg.resumed_from_epoch, "attempts": msg.attempts,
             "created": created, "started": msg.started, "finished": msg.finished, "applied": now})
 
     def cancel(self, trial_id: str, reason: str, now: float) -> None:

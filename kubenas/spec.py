@@ -511,7 +511,8 @@ class ArchitectureSearchStatus(SearchSummary):
 class ObjectMeta(CamelModel):
     model_config = CamelModel.model_config | {"extra": "ignore"}
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
-    namespace: str = "default"
+    # Checked here, before a local run takes its output directory: Redis keys are built from it.
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
 
 
 class ArchitectureSearch(CamelModel):

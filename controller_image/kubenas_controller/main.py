@@ -21,14 +21,13 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
-import yaml
 from pydantic import ValidationError
 
 from kubenas import metrics
 from kubenas.errors import InvalidSpec, KubenasError, describe_validation_error
 from kubenas.queue.keys import SearchKeys
 from kubenas.queue.connection import connect, redact
-from kubenas.manifest import load_manifest
+from kubenas.manifest import load_manifest, read_yaml_documents
 from kubenas.spec import KIND, ArchitectureSearchSpec
 
 log = logging.getLogger("kubenas.controller")
@@ -81,6 +80,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--prefetch", type=number(int, 0, 10_000, "an integer 0..10000"), default=None, help="trials queued beyond parallelism (default 1 + parallelism/8)")
     p.add_argument("--finish-grace", type=number(float, 0, 86400, "seconds 0..86400"), default=60.0,
                    help="seconds a finishing search waits for running trials to stop")
+    p.add_argument("--artifacts", default=env("KUBENAS_ARTIFACTS"), metavar="DIR",
+                   help="the search's artifact store (env KUBENAS_ARTIFACTS): trial checkpoints no longer needed "
+                        "are removed from it")
     p.add_argument("--no-fsync", action="store_true", help="do not fsync checkpoints (tests and benchmarks only)")
     p.add_argument("--log-level", default=env("KUBENAS_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
@@ -88,12 +90,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def read_spec(path: str) -> tuple[ArchitectureSearchSpec, Optional[str], Optional[str]]:
     """(spec, namespace, name) from a manifest, or (spec, None, None) from a bare spec section."""
-    try:
-        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
-    except OSError as exc:
-        raise InvalidSpec(f"{path}: cannot read it: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidSpec(f"{path}: not valid YAML: {exc}") from None
+    # The CLI's reader: bounded size, UTF-8, no duplicate keys, alias bombs and deep nesting refused.
+    docs = read_yaml_documents(Path(path))
     if any(isinstance(d, dict) and d.get("kind") == KIND for d in docs):
         manifest = load_manifest(path)
         return manifest.spec, manifest.metadata.namespace, manifest.metadata.name
@@ -134,7 +132,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         controller = Controller(spec, keys, client, args.checkpoint_dir, ControllerOptions(
             prefetch=args.prefetch, lease_seconds=args.lease_seconds, max_attempts=args.max_attempts,
-            finish_grace=args.finish_grace, fsync=not args.no_fsync), stopping=stopping)
+            finish_grace=args.finish_grace, fsync=not args.no_fsync, artifacts=args.artifacts), stopping=stopping)
         try:
             server = metrics.serve(args.metrics_port, controller.healthy)
         except OSError as exc:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
-from pathlib import Path
+from typing import Callable
 
 from kubenas.errors import KubenasError
 from kubenas.spaces import Genotype, space_of
+
+MAX_GENOTYPE_BYTES = 1 << 20
 
 
 def fail(message: str) -> int:
@@ -15,14 +19,64 @@ def fail(message: str) -> int:
     return 2
 
 
+def whole_number_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from low to high, refused in one line otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; use {low} to {high}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not accepted; use {low} to {high}")
+        return value
+
+    return parse
+
+
+def number_in(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] ((low, high] with low_open)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
+            raise argparse.ArgumentTypeError(
+                f"{text} is not accepted; use a number {'above' if low_open else 'from'} {low:g} "
+                f"{'and at most' if low_open else 'to'} {high:g}")
+        return value
+
+    return parse
+
+
 def read_genotype(path: str) -> Genotype:
     """A genotype from a JSON file ('-' for stdin), validated against its space."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
     try:
-        data = json.loads(text)
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_GENOTYPE_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_GENOTYPE_BYTES + 1)
+    except OSError as exc:
+        raise KubenasError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    if len(data) > MAX_GENOTYPE_BYTES:
+        raise KubenasError(f"{path}: larger than {MAX_GENOTYPE_BYTES >> 20} MiB; a genotype is a small JSON file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise KubenasError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                           "expected a genotype as JSON") from None
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise KubenasError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    return space_of(data).validate_architecture(data)
+    except RecursionError:
+        raise KubenasError(f"{path}: nested too deeply to be a genotype") from None
+    if not isinstance(value, dict):
+        raise KubenasError(f"{path}: a genotype is a JSON object with a space field; got a {type(value).__name__}")
+    return space_of(value).validate_architecture(value)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -30,4 +84,6 @@ def parse_shape(text: str) -> tuple[int, int, int]:
         c, h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise KubenasError(f"--input: expected CxHxW such as 3x32x32, got {text!r}") from None
+    if not (1 <= c <= 64 and 1 <= h <= 4096 and 1 <= w <= 4096):
+        raise KubenasError(f"--input: {text!r} is not accepted; channels 1 to 64, height and width 1 to 4096")
     return c, h, w

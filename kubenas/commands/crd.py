@@ -20,16 +20,21 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
 def run(command: str, args: argparse.Namespace) -> int:
     from kubenas.crd import crd_yaml
 
+    from kubenas.commands.common import fail
+
     text = crd_yaml()
-    if args.check:
-        path = Path(args.check)
-        current = path.read_text() if path.exists() else ""
-        if current != text:
-            print(f"{path} is out of date; regenerate it with: kubenas crd --output {path}", file=sys.stderr)
-            return 1
-        return 0
-    if args.output:
-        Path(args.output).write_text(text)
-        return 0
+    try:
+        if args.check:
+            path = Path(args.check)
+            current = path.read_text() if path.exists() else ""
+            if current != text:
+                print(f"{path} is out of date; regenerate it with: kubenas crd --output {path}", file=sys.stderr)
+                return 1
+            return 0
+        if args.output:
+            Path(args.output).write_text(text)
+            return 0
+    except (OSError, UnicodeDecodeError) as exc:
+        return fail(f"{args.check or args.output}: {getattr(exc, 'strerror', None) or exc}")
     sys.stdout.write(text)
     return 0

@@ -49,6 +49,13 @@ class ProgressView:
         if self.progress is not None:
             self.progress.stop()
 
+    def set_total(self, total: int) -> None:
+        """budget.maxTrials changed while the search runs (kubenas scale, the live spec)."""
+        if total != self.total:
+            self.total = total
+            if self.progress is not None:
+                self.progress.update(self.task, total=total)
+
     def eta(self, done: int) -> Optional[float]:
         if self.done_at_start is None:
             return None

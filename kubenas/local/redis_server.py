@@ -32,13 +32,14 @@ def find_redis_server() -> str:
 
 class RedisServer:
     def __init__(self, directory: str | Path, port: Optional[int] = None, appendonly: bool = True,
-                 password: Optional[str] = None, extra: tuple[str, ...] = ()):
-        self.dir = Path(directory)
+                 password: Optional[str] = None, extra: tuple[str, ...] = (), die_with_parent: bool = False):
+        self.dir = Path(directory).absolute()  # redis-server resolves --logfile after chdir to --dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.appendonly = appendonly
         self.password = password
         self.extra = extra
+        self.die_with_parent = die_with_parent  # SIGKILL when the process that started it dies (Linux)
         self.proc: Optional[subprocess.Popen] = None
 
     @property
@@ -56,8 +57,12 @@ class RedisServer:
 
     def start(self, timeout: float = 15.0) -> "RedisServer":
         # Its own session: a Ctrl-C in the terminal reaches the runner, which stops Redis last.
+        # Started again after a crash, it keeps its port and directory, so its append-only file.
+        from kubenas.local.processes import die_with_parent
+
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=die_with_parent() if self.die_with_parent else None)
         try:
             self.wait_ready(timeout)
         except BaseException:

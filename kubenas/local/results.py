@@ -21,7 +21,7 @@ from typing import Any, Optional
 log = logging.getLogger("kubenas.results")
 
 CSV_COLUMNS = ["id", "status", "outcome", "reward", "accuracy", "epochs", "params", "multiply_adds",
-               "train_seconds", "trainer", "attempt", "created", "started", "finished", "hash", "error", "genotype"]
+               "train_seconds", "trainer", "attempt", "attempts", "resumed_from_epoch", "created", "started", "finished", "hash", "error", "genotype"]
 
 
 def read_trials(checkpoint_dir: str | Path) -> list[dict]:
@@ -59,10 +59,19 @@ def read_trials(checkpoint_dir: str | Path) -> list[dict]:
             cost = event.get("cost") or {}
             record.update({k: event.get(k) for k in ("status", "outcome", "reward", "accuracy", "curve", "epochs",
                                                      "error", "trainer", "attempt", "device", "started",
-                                                     "finished", "applied")})
+                                                     "finished", "applied", "resumed_from_epoch", "attempts")})
             record.update(params=cost.get("params"), multiply_adds=cost.get("multiply_adds"),
                           train_seconds=cost.get("train_seconds"), cost=cost)
     return [trials[k] for k in sorted(trials)]
+
+
+def count_trials(trials: list[dict]) -> dict[str, int]:
+    """Trials by status, as the console prints them: total, succeeded, failed, stopped, unfinished."""
+    counts = {"total": len(trials), "succeeded": 0, "failed": 0, "stopped": 0, "cancelled": 0, "unfinished": 0}
+    for t in trials:
+        status = t.get("status")
+        counts[status if status in counts else "unfinished"] += 1
+    return counts
 
 
 def best_trial(trials: list[dict]) -> Optional[dict]:
@@ -135,6 +144,6 @@ def write_results(output: str | Path, checkpoint_dir: str | Path, summary: Optio
             log.warning("best_cells.png not drawn: %s", exc)
 
     rewards = [t["reward"] for t in finished if t.get("status") == "succeeded" and t.get("reward") is not None]
-    return {"files": files, "trials": len(trials), "finished": len(finished),
+    return {"files": files, "trials": len(trials), "finished": len(finished), "counts": count_trials(trials),
             "best": None if best is None else {"id": best["id"], "reward": best["reward"]},
             "worst_reward": min(rewards) if rewards else None}

@@ -76,6 +76,17 @@ class TrialMessage(Message):
     max_attempts: int = Field(default=3, ge=1, le=100)
     decision_timeout: Seconds = 60.0
     created: Timestamp = 0.0
+    parent_trial_id: Optional[TrialId] = Field(
+        default=None, description="The trial whose checkpoint this one starts from (see warm_start).")
+    warm_start: Optional[Literal["inherit", "resume"]] = Field(
+        default=None, description="inherit: copy the parent's matching weights into a fresh network; "
+                                  "resume: the parent's architecture, all its weights, training on.")
+
+    @model_validator(mode="after")
+    def _warm_start_needs_a_parent(self) -> "TrialMessage":
+        if self.warm_start is not None and self.parent_trial_id is None:
+            raise ValueError("warm_start needs parent_trial_id")
+        return self
 
 
 TrainerStatus = Literal["succeeded", "diverged", "stopped", "failed"]
@@ -98,6 +109,10 @@ class ResultMessage(Message):
     started: Timestamp = 0.0
     finished: Timestamp = 0.0
     device: Annotated[str, Field(max_length=64)] = "cpu"
+    resumed_from_epoch: Optional[int] = Field(
+        default=None, ge=0, le=1000, description="The checkpoint's epoch this run continued from (None: from scratch).")
+    attempts: int = Field(default=1, ge=1, le=10_000,
+                          description="Runs the trial took: handed back, taken over or retried, plus the last.")
 
     @model_validator(mode="after")
     def _reward_unless_failed(self) -> "ResultMessage":

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from kubenas.errors import InvalidGenotype, describe_validation_error
 from kubenas.nn import ModelConfig, build_model, count_parameters, multiply_adds
 from kubenas.nn.ops import scheduled_drop_path
+from kubenas.training.checkpoints import CheckpointInvalid, TrialCheckpoint, capture, restore
 from kubenas.training.datasets import Splits
 
 # Genotype hyperparameter names (camelCase, as in the spec) -> TrainConfig fields.
@@ -137,9 +138,19 @@ def train_proxy(
     cfg: TrainConfig,
     on_epoch: Optional[Callable[[EpochReport], bool]] = None,
     interrupt: Optional[threading.Event] = None,
+    start: Optional[TrialCheckpoint] = None,
+    on_checkpoint: Optional[Callable[[TrialCheckpoint], None]] = None,
+    checkpoint_seconds: Optional[float] = None,
+    prepare_model: Optional[Callable[[torch.nn.Module], None]] = None,
 ) -> TrainOutcome:
     """Train `genotype` on `data`; `on_epoch` returning False stops early (the
-    scheduler's stop signal); a set `interrupt` raises TrialInterrupted between batches."""
+    scheduler's stop signal); a set `interrupt` raises TrialInterrupted between batches.
+
+    `on_checkpoint` receives the training state after every epoch (before `on_epoch`)
+    and, every `checkpoint_seconds` within an epoch, between batches; `start` continues
+    from such a state (CheckpointInvalid, before any training, when it does not fit) and
+    first hands its last epoch to `on_epoch` again, so that a scheduler's decision on it is
+    known. `prepare_model` may set the fresh network's weights (a warm start from a parent)."""
     cfg = cfg.with_hparams(genotype.get("hparams", {}))
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -147,6 +158,8 @@ def train_proxy(
                             num_classes=data.num_classes, in_channels=data.input_shape[0],
                             auxiliary=cfg.auxiliary, drop_path=cfg.drop_path)
     model = build_model(genotype, model_cfg)
+    if prepare_model is not None and start is None:
+        prepare_model(model)
     params = count_parameters(model)
     madds = multiply_adds(model, data.input_shape)
     cuda = device.type == "cuda"
@@ -168,19 +181,54 @@ def train_proxy(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
 
     curve: list[EpochReport] = []
+    first_epoch, first_step, resumed_order, sums = 0, 0, None, (0.0, 0, 0)
+    if start is not None:
+        mismatched = sorted(k for k, v in _resume_fields(cfg).items() if start.train_config.get(k) != v)
+        if mismatched:
+            raise CheckpointInvalid("mismatch", f"trial {start.trial_id}: the checkpoint was trained with other "
+                                                f"settings ({', '.join(mismatched)})")
+        restore(start, model, optimizer, scheduler, gen)
+        curve = [EpochReport(**report) for report in start.curve]
+        first_epoch, first_step = start.epoch, start.step
+        if first_step:
+            resumed_order = start.extra_tensors.get("order")
+            if resumed_order is None or len(resumed_order) != len(train_x) or first_step >= steps_per_epoch:
+                raise CheckpointInvalid("corrupt", f"trial {start.trial_id}: a mid-epoch checkpoint without its "
+                                                   f"batch order")
+            mid = start.progress.get("epoch_sums") or [0.0, 0, 0]
+            sums = (float(mid[0]), int(mid[1]), int(mid[2]))
     started = time.perf_counter()
+    saved_at = time.monotonic()
+
+    def checkpoint(epoch: int, step: int = 0, **extra) -> None:
+        nonlocal saved_at
+        if on_checkpoint is None:
+            return
+        progress = {"curve": [asdict(r) for r in curve], "best": max((r.val_acc for r in curve), default=None)}
+        if step:
+            progress["epoch_sums"] = [loss_sum, correct, seen]
+        on_checkpoint(capture("", epoch, model, "", _resume_fields(cfg), optimizer, scheduler, gen, progress,
+                              step=step, extra=extra))
+        saved_at = time.monotonic()
 
     def outcome(status, reward, reason=None) -> TrainOutcome:
         return TrainOutcome(status=status, reward=reward, curve=curve, reason=reason, parameters=params,
                             multiply_adds=madds, seconds=time.perf_counter() - started, device=str(device))
 
     total_steps = cfg.epochs * steps_per_epoch
-    for epoch in range(cfg.epochs):
+    if curve and not first_step and on_epoch is not None and on_epoch(curve[-1]) is False \
+            and first_epoch < cfg.epochs:
+        return outcome("stopped", curve[-1].val_acc, f"stopped by the scheduler after epoch {first_epoch}")
+    for epoch in range(first_epoch, cfg.epochs):
         model.train()
         epoch_start = time.perf_counter()
-        order = torch.randperm(len(train_x), generator=gen, device=gen.device)
-        loss_sum, correct, seen = 0.0, 0, 0
-        for step in range(steps_per_epoch):
+        if resumed_order is not None:
+            order, resumed_order = resumed_order.to(gen.device), None
+            (loss_sum, correct, seen), skip = sums, first_step
+        else:
+            order = torch.randperm(len(train_x), generator=gen, device=gen.device)
+            (loss_sum, correct, seen), skip = (0.0, 0, 0), 0
+        for step in range(skip, steps_per_epoch):
             if interrupt is not None and interrupt.is_set():
                 raise TrialInterrupted(f"interrupted in epoch {epoch + 1}")
             model.set_drop_path(scheduled_drop_path(cfg.drop_path, epoch * steps_per_epoch + step, total_steps))
@@ -206,11 +254,22 @@ def train_proxy(
             loss_sum += loss.item() * len(yb)
             correct += (logits.argmax(1) == yb).sum().item()
             seen += len(yb)
+            if (checkpoint_seconds and step + 1 < steps_per_epoch
+                    and time.monotonic() - saved_at >= checkpoint_seconds):
+                checkpoint(epoch, step + 1, order=order)
         train_seconds = time.perf_counter() - epoch_start
         val_acc = _accuracy(model, val_x, val_y, device, max(256, cfg.batch_size), cuda, memory_format)
         report = EpochReport(epoch=epoch + 1, train_loss=loss_sum / seen, train_acc=correct / seen, val_acc=val_acc,
                              seconds=time.perf_counter() - epoch_start, images_per_second=seen / train_seconds)
         curve.append(report)
+        checkpoint(epoch + 1)
         if on_epoch is not None and on_epoch(report) is False and epoch + 1 < cfg.epochs:
             return outcome("stopped", val_acc, f"stopped by the scheduler after epoch {epoch + 1}")
     return outcome("succeeded", curve[-1].val_acc if curve else 0.0)
+
+
+def _resume_fields(cfg: TrainConfig) -> dict:
+    """The settings a checkpoint must share with the run that continues it (not the device)."""
+    fields = asdict(cfg)
+    fields.pop("device")
+    return fields

@@ -10,6 +10,7 @@ Objects of a search called NAME:
     Secret        kubenas-NAME-redis        (managed) password, url, redis.conf
     PVC           kubenas-NAME-redis        (managed, redis.persistence.enabled)
     PVC           kubenas-NAME-controller   (redis.persistence.enabled) the controller's checkpoint
+    PVC           kubenas-NAME-artifacts    (artifacts.enabled, no existingClaim) trial checkpoints, ReadWriteMany
     Deployment    kubenas-NAME-redis        (managed) one redis-server
     Service       kubenas-NAME-redis        (managed) port 6379
     NetworkPolicy kubenas-NAME-redis        (managed) only this search's pods and the operator reach Redis
@@ -40,6 +41,10 @@ SPEC_FILE = "/etc/kubenas/search.yaml"
 SPEC_KEY = "search.yaml"
 CHECKPOINT_DIR = "/var/lib/kubenas/checkpoints"
 CHECKPOINT_SIZE = "1Gi"
+ARTIFACTS_DIR = "/var/lib/kubenas/artifacts"
+ARTIFACTS_ENV = "KUBENAS_ARTIFACTS"
+DEFAULT_ARTIFACTS_SIZE = "10Gi"
+IMAGE_GID = 10001  # the kubenas group of the controller and trainer images
 REDIS_CONF_DIR = "/etc/kubenas-redis"
 TEMPLATE_HASH_ANNOTATION = "kubenas.io/template-hash"
 GENERATION_ANNOTATION = "kubenas.io/search-generation"
@@ -70,6 +75,14 @@ class SearchRef:
 class Images:
     controller: str
     trainer: str
+
+
+@dataclass(frozen=True)
+class ArtifactDefaults:
+    """The chart's defaults for a search's artifact claim (searchDefaults.artifacts)."""
+
+    size: str = DEFAULT_ARTIFACTS_SIZE
+    storage_class_name: Optional[str] = None
 
 
 # --- names and labels ----------------------------------------------------------------
@@ -209,6 +222,39 @@ def build_redis_pvc_spec(ref: SearchRef, manifest: ArchitectureSearch) -> dict[s
 def build_checkpoint_pvc_spec(ref: SearchRef, manifest: ArchitectureSearch) -> dict[str, Any]:
     """The controller's checkpoint (strategy state and trial log): the search's durable state."""
     return _pvc(ref, manifest, controller_name(ref.name), "controller", CHECKPOINT_SIZE)
+
+
+def artifacts_claim_name(ref: SearchRef, manifest: ArchitectureSearch) -> str:
+    return manifest.spec.artifacts.existing_claim or child_name(ref.name, "artifacts")
+
+
+def build_artifacts_pvc_spec(ref: SearchRef, manifest: ArchitectureSearch,
+                             defaults: ArtifactDefaults = ArtifactDefaults()) -> Optional[dict[str, Any]]:
+    """The trial checkpoints' ReadWriteMany claim, owned by the search (None: artifacts off,
+    or the manifest names an existing claim, which the search then neither owns nor deletes)."""
+    artifacts = manifest.spec.artifacts
+    if not artifacts.enabled or artifacts.existing_claim:
+        return None
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteMany"],
+                            "resources": {"requests": {"storage": artifacts.size or defaults.size}}}
+    storage_class = artifacts.storage_class_name or defaults.storage_class_name
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(ref, artifacts_claim_name(ref, manifest), "artifacts"),
+        "spec": spec,
+    }
+
+
+def _artifacts(ref: SearchRef, manifest: ArchitectureSearch) -> tuple[list[dict], list[dict], list[dict]]:
+    """(volumes, mounts, env) that give a pod the search's artifact store, if it has one."""
+    if not manifest.spec.artifacts.enabled:
+        return [], [], []
+    return ([{"name": "artifacts", "persistentVolumeClaim": {"claimName": artifacts_claim_name(ref, manifest)}}],
+            [{"name": "artifacts", "mountPath": ARTIFACTS_DIR}],
+            [{"name": ARTIFACTS_ENV, "value": ARTIFACTS_DIR}])
 
 
 def build_redis_deployment_spec(ref: SearchRef, manifest: ArchitectureSearch) -> dict[str, Any]:
@@ -368,7 +414,8 @@ def build_resources(pod: PodSettings) -> dict[str, Any]:
     return resources
 
 
-def _env(ref: SearchRef, manifest: ArchitectureSearch, pod: PodSettings, pod_name_as: str) -> list[dict[str, Any]]:
+def _env(ref: SearchRef, manifest: ArchitectureSearch, pod: PodSettings, pod_name_as: str,
+         extra: Optional[list[dict[str, Any]]] = None) -> list[dict[str, Any]]:
     """The process's settings (the entrypoints read these), then the user's env (never overriding ours).
     The Redis URL (with its password) reaches the process only as an env var from a Secret:
     it is in neither the pod spec nor the process's command line."""
@@ -377,6 +424,7 @@ def _env(ref: SearchRef, manifest: ArchitectureSearch, pod: PodSettings, pod_nam
         {"name": "KUBENAS_NAMESPACE", "value": ref.namespace},
         {"name": "KUBENAS_NAME", "value": ref.name},
         {"name": pod_name_as, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        *(extra or []),
     ]
     reserved = {e["name"] for e in ours}
     return ours + [{"name": e.name, "value": e.value} for e in pod.env if e.name not in reserved]
@@ -428,6 +476,13 @@ def _container(name: str, image: str, pod: PodSettings, module: str, args: list[
     return container
 
 
+def _with_artifacts_group(spec: dict[str, Any], artifact_volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    # The images run as uid/gid 10001: volumes that honour fsGroup become writable by it.
+    if artifact_volumes:
+        spec["securityContext"]["fsGroup"] = IMAGE_GID
+    return spec
+
+
 def template_hash(template: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -458,12 +513,15 @@ def build_controller_job_spec(ref: SearchRef, manifest: ArchitectureSearch, imag
         else {"name": "checkpoints", "emptyDir": {}}
     )
     volumes = [{"name": "spec", "configMap": {"name": spec_configmap_name(ref.name)}}, checkpoints]
+    # The controller mounts the trial checkpoints too: it removes those no longer needed.
+    artifact_volumes, artifact_mounts, artifact_env = _artifacts(ref, manifest)
     container = _container("controller", pod.image or images.controller, pod, "kubenas_controller",
-                           args, _env(ref, manifest, pod, "KUBENAS_POD_NAME"), mounts)
+                           args, _env(ref, manifest, pod, "KUBENAS_POD_NAME", artifact_env), mounts + artifact_mounts)
     template = {
         "metadata": {"labels": build_labels(ref.name, "controller")},
         # OnFailure: a crashed controller restarts in the same pod and finds its checkpoint (emptyDir).
-        "spec": _pod_spec(pod, container, volumes, "OnFailure", 30),
+        "spec": _with_artifacts_group(_pod_spec(pod, container, volumes + artifact_volumes, "OnFailure", 30),
+                                      artifact_volumes),
     }
     return {
         "apiVersion": "batch/v1",
@@ -497,8 +555,12 @@ def build_trainer_deployment_spec(
     # PyTorch's DataLoader workers share tensors through /dev/shm, which is 64 MiB by default.
     mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
     volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}]
+    artifact_volumes, artifact_mounts, artifact_env = _artifacts(ref, manifest)
+    if artifact_env:
+        artifact_env.append({"name": "KUBENAS_CHECKPOINT_SECONDS",
+                             "value": str(manifest.spec.artifacts.checkpoint_seconds)})
     container = _container("trainer", pod.image or images.trainer, pod, "kubenas_trainer",
-                           args, _env(ref, manifest, pod, "KUBENAS_TRAINER_ID"), mounts)
+                           args, _env(ref, manifest, pod, "KUBENAS_TRAINER_ID", artifact_env), mounts + artifact_mounts)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -510,8 +572,10 @@ def build_trainer_deployment_spec(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "25%"}},
             "template": {
                 "metadata": {"labels": build_labels(ref.name, "trainer")},
-                # A stopped trainer's lease runs out and its trial goes to another trainer.
-                "spec": _pod_spec(pod, container, volumes, "Always", 60),
+                # A stopped trainer's lease runs out and its trial goes to another trainer; with
+                # artifacts, whoever takes it over resumes from its last checkpoint.
+                "spec": _with_artifacts_group(_pod_spec(pod, container, volumes + artifact_volumes, "Always", 60),
+                                              artifact_volumes),
             },
         },
     }

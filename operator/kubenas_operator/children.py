@@ -68,7 +68,8 @@ def apply_children(runtime: Runtime, ref: builders.SearchRef, manifest: Architec
 
 
 def _durable_objects(runtime: Runtime, ref: builders.SearchRef, manifest: ArchitectureSearch) -> list[dict[str, Any]]:
-    """What outlives the search's end: its Redis, the controller's checkpoint claim and spec."""
+    """What outlives the search's end: its Redis, the controller's checkpoint claim, the trial
+    checkpoints' claim and the spec."""
     settings = runtime.settings
     objects = []
     if manifest.spec.redis.mode == "managed":
@@ -78,6 +79,9 @@ def _durable_objects(runtime: Runtime, ref: builders.SearchRef, manifest: Archit
             ref, manifest, settings.operator_namespace, settings.operator_pod_labels)
     if manifest.spec.redis.persistence.enabled:
         objects.append(builders.build_checkpoint_pvc_spec(ref, manifest))
+    artifacts = builders.build_artifacts_pvc_spec(ref, manifest, runtime.artifact_defaults)
+    if artifacts is not None:
+        objects.append(artifacts)
     objects.append(builders.build_spec_configmap_spec(ref, manifest))
     return objects
 

@@ -45,6 +45,11 @@ class Runtime:
         return builders.Images(controller=self.settings.controller_image, trainer=self.settings.trainer_image)
 
     @property
+    def artifact_defaults(self) -> builders.ArtifactDefaults:
+        return builders.ArtifactDefaults(size=self.settings.artifacts_size,
+                                         storage_class_name=self.settings.artifacts_storage_class)
+
+    @property
     def searches(self) -> int:
         return len(self._locks)
 

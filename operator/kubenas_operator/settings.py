@@ -17,6 +17,8 @@
 | KUBENAS_OPERATOR_KUBECONFIG           | (none: in-cluster, else $KUBECONFIG)      | kubeconfig the operator logs in with |
 | KUBENAS_OPERATOR_LIVENESS             | http://0.0.0.0:8080/healthz               | kopf's liveness endpoint |
 | KUBENAS_OPERATOR_METRICS_PORT         | 9090 (0: off)                             | Prometheus /metrics port |
+| KUBENAS_DEFAULT_ARTIFACTS_SIZE        | 10Gi                                      | size of a search's trial-checkpoint claim when spec.artifacts.size is unset |
+| KUBENAS_DEFAULT_ARTIFACTS_STORAGE_CLASS | (none: the cluster's default class)     | its storage class (ReadWriteMany) when spec.artifacts.storageClassName is unset |
 | KUBENAS_OPERATOR_REDIS_URL            | (none)                                    | TEST SEAM, see below |
 
 Managed Redis passwords are HMAC-SHA256(key, "namespace/name"): random to anyone
@@ -35,10 +37,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from kubenas import __version__ as _version
+from kubenas.spec import QUANTITY
 
 DEFAULT_OPERATOR_NAMESPACE = "kubenas-system"
 DEFAULT_OPERATOR_POD_LABELS = "app.kubernetes.io/name=kubenas-operator"
@@ -86,6 +90,8 @@ class OperatorSettings:
     liveness_endpoint: Optional[str] = "http://0.0.0.0:8080/healthz"
     metrics_port: int = 9090
     redis_url_override: Optional[str] = field(default=None, repr=False)
+    artifacts_size: str = "10Gi"
+    artifacts_storage_class: Optional[str] = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "OperatorSettings":
@@ -109,7 +115,12 @@ class OperatorSettings:
             metrics_port = int(env.get("KUBENAS_OPERATOR_METRICS_PORT", "").strip() or defaults.metrics_port)
         except ValueError:
             raise ValueError("KUBENAS_OPERATOR_METRICS_PORT: not a port number") from None
+        artifacts_size = env.get("KUBENAS_DEFAULT_ARTIFACTS_SIZE", "").strip() or defaults.artifacts_size
+        if not re.fullmatch(QUANTITY, artifacts_size):
+            raise ValueError(f"KUBENAS_DEFAULT_ARTIFACTS_SIZE: {artifacts_size!r} is not a quantity such as 10Gi")
         return cls(
+            artifacts_size=artifacts_size,
+            artifacts_storage_class=env.get("KUBENAS_DEFAULT_ARTIFACTS_STORAGE_CLASS", "").strip() or None,
             controller_image=env.get("KUBENAS_CONTROLLER_IMAGE", "").strip() or defaults.controller_image,
             trainer_image=env.get("KUBENAS_TRAINER_IMAGE", "").strip() or defaults.trainer_image,
             operator_namespace=env.get("KUBENAS_OPERATOR_NAMESPACE", "").strip() or defaults.operator_namespace,

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
 
 from kubenas.spaces import space_of
-from tests.redis.harness import wait_for
+from tests.support import fake_trainer
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
 
@@ -26,10 +28,10 @@ def manifest(path: Path, name: str, spec: dict) -> Path:
     return path
 
 
-def kubenas_run(*args: str, **kwargs) -> subprocess.Popen:
+def kubenas_run(*args: str, fake_work: Optional[float] = None, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, COLUMNS="200", **(fake_trainer.run_environment(fake_work) if fake_work is not None else {}))
     return subprocess.Popen([sys.executable, "-m", "kubenas.cli", "run", *args, "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, COLUMNS="200"), **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
 
 
 def test_real_training_on_digits_end_to_end_then_resume_is_a_no_op(tmp_path):
@@ -72,9 +74,9 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
             "budget": {"maxTrials": 24, "parallelism": 2}, "training": {"epochs": 2}}
     path = manifest(tmp_path / "fake.yaml", "interrupted", spec)
     out = tmp_path / "results"
-    proc = kubenas_run(str(path), "--output", str(out), "--fake-work", "0.4", start_new_session=True)
+    proc = kubenas_run(str(path), "--output", str(out), fake_work=0.4, start_new_session=True)
     log = out / "checkpoint" / "trials.jsonl"
-    wait_for(lambda: log.exists() and log.read_text().count('"e":"result"') >= 5, 90, "5 results")
+    wait_for("5 results", lambda: log.exists() and log.read_text().count('"e":"result"') >= 5, 90, interval=0.05)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole process group
     began = time.monotonic()
     stdout, _ = proc.communicate(timeout=60)
@@ -84,7 +86,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     partial = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert 5 <= sum(t["status"] == "succeeded" for t in partial) < 24
 
-    again = kubenas_run(str(path), "--output", str(out), "--fake-work", "0.4")
+    again = kubenas_run(str(path), "--output", str(out), fake_work=0.4)
     stdout, _ = again.communicate(timeout=120)
     assert again.returncode == 0, stdout
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +32,11 @@ PATH = Path(__file__).resolve()
 def command(python: str = sys.executable) -> list[str]:
     """The start of a command line that runs a fake trainer in its own process."""
     return [python, str(PATH)]
+
+
+def run_environment(work_seconds: float) -> dict[str, str]:
+    """What `kubenas run` needs in its environment to start fake trainers instead of real ones."""
+    return {"KUBENAS_TRAINER_COMMAND": shlex.join([*command(), "--fake-work", str(work_seconds)])}
 
 
 class TrialInterrupted(Exception):

@@ -55,6 +55,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="serve /metrics and /healthz here (0: any free port, -1: off)")
     p.add_argument("--exit-when-done", action="store_true", help="exit once the search has finished")
     p.add_argument("--max-trials", type=int, default=None, help="exit after this many trials")
+    p.add_argument("--artifacts", default=env("KUBENAS_ARTIFACTS"), metavar="DIR",
+                   help="the search's artifact store, shared by its trainers: trial checkpoints go there and "
+                        "handed-back or re-delivered trials resume from them; env KUBENAS_ARTIFACTS "
+                        "(default: none, trials restart from scratch)")
+    p.add_argument("--checkpoint-seconds", type=float, default=env("KUBENAS_CHECKPOINT_SECONDS", "300"),
+                   help="besides after every epoch, checkpoint at most this often within a long epoch "
+                        "(env KUBENAS_CHECKPOINT_SECONDS, default 300)")
     p.add_argument("--log-level", default=env("KUBENAS_LOG_LEVEL", "INFO"))
     return p
 
@@ -84,9 +91,28 @@ def check_args(args: argparse.Namespace) -> None:
         raise BadFlag(f"--device: {args.device!r} is not accepted: use auto, cpu, cuda or cuda:N")
     if args.log_level.upper() not in _LOG_LEVELS:
         raise BadFlag(f"--log-level: {args.log_level!r} is not accepted: use one of {', '.join(_LOG_LEVELS)}")
+    if not (math.isfinite(args.checkpoint_seconds) and args.checkpoint_seconds > 0):
+        raise BadFlag(f"--checkpoint-seconds: {args.checkpoint_seconds:g} is not accepted: use a number of seconds "
+                      "above 0")
+    if args.artifacts is not None:
+        check_artifacts(args.artifacts)
     if args.trainer_id is not None and not re.fullmatch(r"[!-~]{1,200}", args.trainer_id):
         raise BadFlag(f"--trainer-id: {args.trainer_id!r} is not accepted: use 1-200 printable ASCII characters "
                       "without spaces (it names the trainer in Redis)")
+
+
+def check_artifacts(path: str) -> None:
+    """The artifact store must be a writable directory (created if missing)."""
+    if not path:
+        raise BadFlag("--artifacts: an empty path is not accepted: give a directory shared by the search's trainers")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise BadFlag(f"--artifacts: {path!r} is not accepted: cannot create the directory "
+                      f"({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BadFlag(f"--artifacts: {path!r} is not accepted: the directory is not writable by this trainer "
+                      f"(uid {os.getuid()})")
 
 
 def check_device(device: str) -> None:
@@ -132,7 +158,8 @@ def run(args: argparse.Namespace, make_trainer: Optional[Callable[..., Any]] = N
         check(client, args.redis_url)  # unreachable is fine (the loop waits); misconfigured is not
         options = TrainerOptions(consumer=trainer_id, lease_seconds=args.lease_seconds, device=args.device,
                                  threads=args.threads, max_trials=args.max_trials,
-                                 exit_when_done=args.exit_when_done)
+                                 exit_when_done=args.exit_when_done, artifacts=args.artifacts,
+                                 checkpoint_seconds=args.checkpoint_seconds)
         trainer = (make_trainer or Trainer)(client, keys, options)
     except KubenasError as exc:
         log.error("%s", exc)

@@ -14,6 +14,15 @@ Outcomes:
   any other exception (OOM, CUDA errors, I/O) -> the error is recorded and the
       trial handed back for another attempt; past max_attempts it is
       dead-lettered as failed with that last error.
+
+Checkpoints (with an artifact store, `--artifacts`): after every epoch, and every
+`checkpoint_seconds` within one, the trial's whole training state is saved to the
+store every trainer of the search mounts. A trial handed back or taken over
+continues there on whichever trainer claims it, so a fault costs at most the
+work since the last save; an unusable checkpoint is logged, counted, removed and
+the trial trains from scratch. A trial naming a parent (`warm_start`) starts
+from the parent's latest checkpoint: "inherit" copies what fits into the child's
+network, "resume" loads all of the parent's weights.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import logging
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 import redis
@@ -49,6 +58,8 @@ class TrainerOptions:
     threads: Optional[int] = None
     max_trials: Optional[int] = None  # exit after this many trials (tests, one-shot pods)
     exit_when_done: bool = False  # exit once the search's summary says finished
+    artifacts: Optional[str] = None  # the search's artifact store (trial checkpoints); None: no checkpoints
+    checkpoint_seconds: float = 300.0  # at most this long between checkpoints within an epoch
 
 
 @dataclass
@@ -62,6 +73,8 @@ class TrialOutcome:
     epochs: int
     device: str
     reason: Optional[str] = None
+    resumed_from_epoch: Optional[int] = None
+    attempts: int = 1
 
 
 class Trainer:
@@ -84,6 +97,11 @@ class Trainer:
         self._torch_ready = False
         self._outage = Outage(log, on_error=metrics.REDIS_ERRORS.labels(self.search, "trainer").inc)
         self._summary_at = 0.0
+        self.store: Any = None
+        if options.artifacts:
+            from kubenas.training.checkpoints import TrialCheckpointStore
+
+            self.store = TrialCheckpointStore(options.artifacts)
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.consumer}",
                                            daemon=True)
 
@@ -197,11 +215,14 @@ class Trainer:
             search=self.search, trial_id=trial.trial_id, trainer=self.consumer, attempt=claim.attempt,
             status=outcome.status, reward=outcome.reward, curve=outcome.curve[-1000:], cost=outcome.cost,
             epochs=outcome.epochs, error=clip_error(outcome.reason) if outcome.reason else None,
-            started=started, finished=time.time(), device=outcome.device)
+            started=started, finished=time.time(), device=outcome.device,
+            resumed_from_epoch=outcome.resumed_from_epoch, attempts=max(claim.attempt, outcome.attempts))
         if self._post(claim, result):
             self.trials_done += 1
             metrics.TRAINER_TRIALS.labels(self.search, outcome.status).inc()
-            log.info("finished trial %s: %s reward %.4f", trial.trial_id, outcome.status, outcome.reward)
+            resumed = "" if outcome.resumed_from_epoch is None else f" (resumed from epoch {outcome.resumed_from_epoch})"
+            log.info("finished trial %s: %s reward %.4f after %d epochs%s", trial.trial_id, outcome.status,
+                     outcome.reward, outcome.epochs, resumed)
 
     def _failed(self, claim: Claim, exc: Exception) -> None:
         trial = claim.trial
@@ -350,6 +371,7 @@ class Trainer:
 
         from kubenas.spaces import space_of
         from kubenas.training import TrainConfig, load_dataset, train_proxy
+        from kubenas.training.checkpoints import CheckpointInvalid
 
         if not self._torch_ready:
             if self.options.threads:
@@ -357,7 +379,8 @@ class Trainer:
             self._torch_ready = True
         trial = claim.trial
         t = trial.training
-        genotype = space_of(trial.genotype).validate_architecture(trial.genotype)
+        space = space_of(trial.genotype)
+        genotype = space.validate_architecture(trial.genotype)
         key = json.dumps([t.dataset.model_dump(mode="json"), t.seed], sort_keys=True)
         if key != self._dataset_key:
             self._dataset = None
@@ -368,14 +391,118 @@ class Trainer:
                           momentum=t.momentum, weight_decay=t.weight_decay, drop_path=t.drop_path, seed=t.seed,
                           device=self.options.device, channels=t.channels, cells_per_stage=t.cells_per_stage,
                           auxiliary=t.auxiliary_head)
-        outcome = train_proxy(genotype, self._dataset, cfg, on_epoch=lambda r: self._on_epoch(claim, r),
-                              interrupt=self.interrupt)
+        genotype_hash = space.hash(genotype)
+        start = self._own_checkpoint(claim, genotype_hash)
+        attempts = max(claim.attempt, int(start.progress.get("attempts", 0)) + 1 if start is not None else 1)
+        checkpoints: dict[str, Any] = {}
+        if self.store is not None:
+            checkpoints = dict(on_checkpoint=lambda state: self._save(claim, genotype, genotype_hash, attempts, state),
+                               checkpoint_seconds=self.options.checkpoint_seconds,
+                               prepare_model=self._warm_start(claim))
+        try:
+            outcome = train_proxy(genotype, self._dataset, cfg, on_epoch=lambda r: self._on_epoch(claim, r),
+                                  interrupt=self.interrupt, start=start, **checkpoints)
+        except CheckpointInvalid as exc:  # found only once the network is built: the shapes, the settings
+            self._discard(claim, exc)
+            start = None
+            outcome = train_proxy(genotype, self._dataset, cfg, on_epoch=lambda r: self._on_epoch(claim, r),
+                                  interrupt=self.interrupt, **checkpoints)
+        if start is not None:
+            metrics.TRIALS_RESUMED.labels(self.search).inc()
         cost = {"params": float(outcome.parameters), "multiply_adds": float(outcome.multiply_adds),
                 "train_seconds": float(outcome.seconds)}
         if trial.measure_latency:
             cost["latency_seconds"] = self._latency(genotype, cfg)
         return TrialOutcome(outcome.status, float(outcome.reward), [r.val_acc for r in outcome.curve], cost,
-                       len(outcome.curve), outcome.device, outcome.reason)
+                            len(outcome.curve), outcome.device, outcome.reason,
+                            resumed_from_epoch=None if start is None else start.epoch, attempts=attempts)
+
+    # --- trial checkpoints --------------------------------------------------------------
+    def _own_checkpoint(self, claim: Claim, genotype_hash: str) -> Any:
+        """The trial's latest checkpoint to continue from, or None (none yet, or unusable)."""
+        from kubenas.training.checkpoints import CheckpointInvalid
+
+        if self.store is None:
+            return None
+        trial_id = claim.trial.trial_id
+        try:
+            start = self.store.latest(trial_id, genotype_hash)
+        except CheckpointInvalid as exc:
+            self._discard(claim, exc)
+            return None
+        except OSError as exc:  # the volume itself: unreadable, not mounted
+            metrics.TRIAL_CHECKPOINTS_INVALID.labels(self.search, "missing").inc()
+            log.warning("trial %s: cannot read checkpoints in %s (%s); training it from scratch", trial_id,
+                        self.store.root, exc)
+            return None
+        if start is None:
+            if claim.reclaimed or claim.attempt > 1:
+                log.info("trial %s: no checkpoint yet; training it from scratch", trial_id)
+            return None
+        where = f"epoch {start.epoch}" + (f", step {start.step}" if start.step else "")
+        log.info("resuming trial %s from its checkpoint after %s (attempt %d)", trial_id, where, claim.attempt)
+        return start
+
+    def _discard(self, claim: Claim, exc: Any) -> None:
+        """An unusable checkpoint: logged, counted and removed; the trial trains from scratch."""
+        metrics.TRIAL_CHECKPOINTS_INVALID.labels(self.search, exc.reason).inc()
+        log.warning("trial %s: checkpoint unusable (%s: %s); training it from scratch", claim.trial.trial_id,
+                    exc.reason, exc)
+        try:
+            self.store.delete(claim.trial.trial_id)
+        except OSError as err:
+            log.warning("trial %s: could not remove the unusable checkpoint: %s", claim.trial.trial_id, err)
+
+    def _save(self, claim: Claim, genotype: dict, genotype_hash: str, attempts: int, state: Any) -> None:
+        """Save one checkpoint; a failure (full or unwritable volume) is logged and training goes on."""
+        if self.lost.is_set():
+            return  # another trainer owns the trial now: its checkpoints are its own
+        state.progress["attempts"] = attempts
+        began = time.perf_counter()
+        try:
+            self.store.save(claim.trial.trial_id, state.epoch,
+                            replace(state, genotype_hash=genotype_hash, genotype=genotype))
+        except OSError as exc:
+            metrics.TRIAL_CHECKPOINT_ERRORS.labels(self.search).inc()
+            log.warning("trial %s: could not save its checkpoint after epoch %d: %s", claim.trial.trial_id,
+                        state.epoch, exc)
+            return
+        metrics.TRIAL_CHECKPOINT_SAVE_SECONDS.labels(self.search).observe(time.perf_counter() - began)
+        try:
+            metrics.TRIAL_CHECKPOINT_BYTES.labels(self.search).set(self.store.bytes_used())
+        except OSError:
+            pass
+
+    def _warm_start(self, claim: Claim) -> Optional[Callable[[Any], None]]:
+        """For a trial naming a parent: set the fresh network's weights from the parent's checkpoint."""
+        trial = claim.trial
+        if trial.warm_start is None or trial.parent_trial_id is None:
+            return None
+
+        def prepare(model: Any) -> None:
+            from kubenas.training.checkpoints import CheckpointInvalid, check_model_fits
+
+            try:
+                parent = self.store.latest(trial.parent_trial_id, required=True)
+                if trial.warm_start == "resume":
+                    check_model_fits(parent, model)
+                    model.load_state_dict(parent.model, strict=True)
+                    log.info("trial %s: starts from all weights of %s (epoch %d)", trial.trial_id,
+                             trial.parent_trial_id, parent.epoch)
+                else:
+                    from kubenas.nn.inherit import inherit_weights
+
+                    counts = inherit_weights(model, trial.genotype, parent.model, parent.genotype)
+                    log.info("trial %s: inherited from %s (epoch %d): %s", trial.trial_id, trial.parent_trial_id,
+                             parent.epoch, counts)
+            except (CheckpointInvalid, ValueError, KeyError, RuntimeError) as exc:
+                reason = exc.reason if isinstance(exc, CheckpointInvalid) else "shape"
+                metrics.TRIAL_CHECKPOINTS_INVALID.labels(self.search, reason).inc()
+                log.warning("trial %s: cannot start from parent %s (%s: %s); starting fresh", trial.trial_id,
+                            trial.parent_trial_id, reason, exc)
+                _reinitialise(model)
+
+        return prepare
 
     def _latency(self, genotype: dict, cfg: Any) -> float:
         """Median seconds of one single-image forward pass on this trainer's device."""
@@ -409,6 +536,13 @@ class Trainer:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _reinitialise(model: Any) -> None:
+    """Fresh weights again after a warm start failed part-way (never a half-copied model)."""
+    for module in model.modules():
+        if module is not model and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
 
 
 def _fraction(value: Any) -> Optional[float]:
