@@ -3,7 +3,7 @@
 Strategies never look inside a genotype. They see an ordered list of
 decisions (categorical, integer or float) and an assignment `{name: value}`;
 each space maps assignments to genotypes and back. This is what lets one LSTM
-controller, one evolution loop and one Optuna adapter serve every space.
+policy, one evolution loop and one Optuna adapter serve every space.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Numeric:
     high: float
     log: bool = False
     integer: bool = False
-    # Bins used where a strategy needs categories (the LSTM controller).
+    # Bins used where a strategy needs categories (the LSTM policy of ppo and reinforce).
     bins: int = 8
 
     def __post_init__(self) -> None:
