@@ -8,11 +8,20 @@ children have been trained. Every strategy runs behind the dedup layer: a
 repeated architecture is answered from the trial book, costs no query and
 takes no worker. The search reads `val_acc` only; a run's score is the
 `test_acc` of the architecture with the best `val_acc` it saw.
+
+On a learning-curve table (`val_acc_e1` .. `val_acc_eE`) `replay` trains
+epoch by epoch instead: a trial trained for e epochs reads epoch e, reports
+every epoch to the strategy (so early stopping and Hyperband brackets act as
+in a real search), and the budget is counted in epochs, so multi-fidelity
+searches are compared with full-fidelity ones at equal total epochs. Its
+score is the `test_acc` of the best-`val_acc` architecture among those
+trained for all E epochs (among the longest trained when none was).
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import multiprocessing
 import os
 import random
@@ -21,10 +30,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
-from kubenas.bench.table import Entry, Table, load_table
-from kubenas.strategies import make_strategy
-from kubenas.strategies.base import Result, SearchExhausted, derive_seed
+from kubenas.bench.table import Table, TableRow, load_table
+from kubenas.errors import KubenasError
+from kubenas.strategies import make_strategy, strategy_parameters
+from kubenas.strategies.base import STOP, Result, SearchExhausted, Strategy, Trial, derive_seed
 from kubenas.strategies.dedup import Deduplicated
+
+# Early stopping a label may add with `+` (random+asha): the controller's
+# schedulers, built as the controller builds them from training.earlyStopping.
+SCHEDULERS = ("asha", "hyperband", "median")
+SCHEDULER_PARAMETERS = {"min_epochs": 1, "reduction_factor": 3, "min_trials": 5}
 
 
 @dataclass
@@ -32,25 +47,46 @@ class RunResult:
     label: str
     seed: int
     budget: int
-    queries: int  # children trained: the budget, or fewer when the table ran out
+    queries: int  # children trained (started, on a curve table): the budget, or fewer when the table ran out
     best_val: float
     best_test: float
     found_best: bool  # saw the table's best-val architecture
     hits: int  # repeats answered by the dedup layer
     misses: int  # architectures missing from the table (failed trials)
     seconds: float
+    epochs: Optional[int] = None  # epochs trained in all (curve tables)
+    full: Optional[int] = None  # trials trained for all epochs (curve tables)
 
 
 @dataclass
 class Spec:
-    """One strategy to run: `label` is `name` or `name@tag` (same name, other parameters)."""
+    """One strategy to run: `label` is `name`, `name+scheduler` (early stopping, on a
+    curve table) and either with `@tag` (same name, other parameters). Parameters
+    named in SCHEDULER_PARAMETERS go to the scheduler, the others to the strategy."""
 
     label: str
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        return self.label.split("@", 1)[0]
+        return self.label.split("@", 1)[0].split("+", 1)[0]
+
+    @property
+    def scheduler(self) -> Optional[str]:
+        _, plus, scheduler = self.label.split("@", 1)[0].partition("+")
+        return scheduler if plus else None
+
+    @property
+    def strategy_params(self) -> dict[str, Any]:
+        if self.scheduler is None:
+            return dict(self.params)
+        return {k: v for k, v in self.params.items() if k not in SCHEDULER_PARAMETERS}
+
+    @property
+    def scheduler_params(self) -> dict[str, Any]:
+        if self.scheduler is None:
+            return {}
+        return {**SCHEDULER_PARAMETERS, **{k: v for k, v in self.params.items() if k in SCHEDULER_PARAMETERS}}
 
 
 _TABLES: dict[str, Table] = {}
@@ -66,12 +102,12 @@ def cached_table(path: str) -> Table:
 def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> RunResult:
     """One search: `budget` trained children on `workers` asynchronous workers."""
     start = time.perf_counter()
-    strategy = Deduplicated(make_strategy(spec.name, table.space, seed=seed, **spec.params))
+    strategy = Deduplicated(make_strategy(spec.name, table.space, seed=seed, **spec.strategy_params))
     clock = random.Random(derive_seed(seed, "worker-times"))
     running: list[tuple[float, int, Any]] = []  # (finish time, issue order, trial)
     issued = misses = 0
     exhausted = False  # every architecture of a small table evaluated: the run ends early
-    best: Optional[Entry] = None
+    best: Optional[TableRow] = None
 
     def launch(now: float) -> None:
         nonlocal issued, exhausted
@@ -108,9 +144,153 @@ def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> 
     )
 
 
+def build_search(table: Table, spec: Spec, seed: int) -> Strategy:
+    """The strategy stacked as the controller stacks it: MultiFidelity(Deduplicated(<algorithm>))."""
+    params = spec.strategy_params
+    schedules_epochs = "max_epochs" in strategy_parameters(spec.name)  # bohb: its own brackets
+    if spec.scheduler is not None and schedules_epochs:
+        raise KubenasError(f"{spec.label}: {spec.name} schedules its own epochs; run it without '+{spec.scheduler}'")
+    if table.epochs is not None and schedules_epochs:
+        params.setdefault("max_epochs", table.epochs)
+    strategy: Strategy = Deduplicated(make_strategy(spec.name, table.space, seed=seed, **params))
+    if spec.scheduler is None:
+        return strategy
+    from kubenas.strategies.multifidelity import ASHA, MedianStopping, MultiFidelity, rung_epochs
+
+    if table.epochs is None:
+        raise KubenasError(f"{spec.label}: early stopping needs a learning-curve table "
+                           f"(columns val_acc_e1 .. val_acc_eE); {table.path} has none")
+    p, epochs = spec.scheduler_params, table.epochs
+    min_epochs = min(p["min_epochs"], epochs)
+    try:
+        if spec.scheduler == "median":
+            scheduler = MedianStopping(epochs, min_trials=p["min_trials"], start_epoch=min_epochs)
+        elif spec.scheduler in ("asha", "hyperband"):
+            brackets = len(rung_epochs(min_epochs, epochs, p["reduction_factor"])) if spec.scheduler == "hyperband" else 1
+            scheduler = ASHA(epochs, min_epochs=min_epochs, eta=p["reduction_factor"], brackets=brackets)
+        else:
+            raise KubenasError(f"{spec.label}: early stopping {spec.scheduler!r} is not known; "
+                               f"choose from {', '.join(SCHEDULERS)}")
+    except ValueError as exc:
+        raise KubenasError(f"{spec.label}: {exc}") from None
+    return MultiFidelity(strategy, scheduler)
+
+
+MAX_MISSES_IN_A_ROW = 10_000  # then the search counts as exhausted
+
+
+@dataclass
+class _Running:
+    trial: Trial
+    entry: TableRow
+    epoch: int = 0  # epochs trained so far
+    target: int = 0  # epochs to train towards
+    stopped: bool = False  # by the scheduler before the last epoch, or by the end of the budget
+
+
+def replay(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> RunResult:
+    """One search on a learning-curve table with `budget` * E epochs to spend on `workers`
+    asynchronous workers; each epoch takes a worker an exponentially distributed time
+    (mean 1/E, so a full training takes 1 on average, as in `simulate`)."""
+    if table.epochs is None:
+        raise KubenasError(f"{table.path}: replay needs a learning-curve table (columns val_acc_e1 .. val_acc_eE)")
+    start = time.perf_counter()
+    epochs = table.epochs
+    limit = budget * epochs
+    strategy = build_search(table, spec, seed)
+    clock = random.Random(derive_seed(seed, "worker-times"))
+    running: list[tuple[float, int, _Running]] = []  # (end of its next epoch, issue order, trial)
+    spent = issued = misses = full = 0
+    order = itertools.count()  # ties in time go in issue order
+    exhausted = False
+    finished: list[tuple[int, TableRow]] = []  # (epochs trained, entry) of every told success
+
+    def end(run: _Running) -> None:
+        nonlocal full
+        trial, entry, e = run.trial, run.entry, run.epoch
+        curve = list(entry.val_curve[:e])
+        status = "stopped" if run.stopped and e < epochs else "succeeded"
+        cost = dict(entry.cost or {})
+        reward = strategy.objective(trial.id, curve[-1], cost)
+        strategy.tell(trial.id, Result(reward=reward, status=status, curve=curve, cost=cost, epochs=e))
+        full += e == epochs
+        if status == "succeeded" or e == epochs:
+            finished.append((e, entry))
+
+    def step(now: float, run: _Running) -> None:
+        """Train the trial's next epoch, if the budget has one left."""
+        nonlocal spent
+        if spent >= limit:
+            run.stopped = True
+            end(run)
+            return
+        spent += 1
+        heapq.heappush(running, (now + clock.expovariate(epochs), next(order), run))
+
+    def launch(now: float) -> None:
+        """Start the next trial. A cell the table lacks fails at once, costing no epochs, and the
+        strategy is asked again: on a table of part of the space the search is confined to its cells."""
+        nonlocal issued, misses, exhausted
+        for _ in range(MAX_MISSES_IN_A_ROW):
+            try:
+                trials = strategy.ask(1)
+            except SearchExhausted:
+                break
+            if not trials:
+                return
+            trial = trials[0]
+            entry = table.lookup(trial.genotype)
+            if entry is None:
+                misses += 1
+                strategy.tell(trial.id, Result(reward=None, status="failed", error="architecture not in the table"))
+                continue
+            issued += 1
+            step(now, _Running(trial, entry, target=trial.fidelity or epochs))
+            return
+        exhausted = True
+
+    for _ in range(workers):
+        if spent < limit and not exhausted:
+            launch(0.0)
+    while running:
+        now, _, run = heapq.heappop(running)
+        run.epoch += 1
+        decision = strategy.report(run.trial.id, run.epoch, run.entry.val_curve[run.epoch - 1])
+        if decision is not None and decision.action == STOP:
+            run.target, run.stopped = run.epoch, True
+        elif decision is not None:
+            run.target = max(decision.fidelity, run.epoch)
+        if run.epoch < min(run.target, epochs):
+            step(now, run)
+            continue
+        end(run)
+        if spent < limit and not exhausted:
+            launch(now)
+
+    longest = max((e for e, _ in finished), default=0)
+    best = max((entry for e, entry in finished if e == longest),
+               key=lambda entry: entry.val_curve[longest - 1], default=None)
+    top = table.best_val
+    return RunResult(
+        label=spec.label, seed=seed, budget=budget, queries=issued,
+        best_val=best.val_curve[longest - 1] if best else float("nan"),
+        best_test=best.test_curve[longest - 1] if best else float("nan"),
+        found_best=best is not None and best.cellstr == top.cellstr, hits=_hits(strategy), misses=misses,
+        seconds=time.perf_counter() - start, epochs=spent, full=full,
+    )
+
+
+def _hits(strategy: Strategy) -> int:
+    while not isinstance(strategy, Deduplicated):
+        strategy = strategy.inner  # type: ignore[attr-defined]
+    return strategy.hits
+
+
 def _run_task(task: tuple) -> dict:
     path, label, params, seed, budget, workers = task
-    return asdict(simulate(cached_table(path), Spec(label, params), seed, budget, workers))
+    table = cached_table(path)
+    run = replay if table.epochs is not None else simulate
+    return asdict(run(table, Spec(label, params), seed, budget, workers))
 
 
 def run_benchmark(path: str, specs: list[Spec], seeds: Iterable[int], budget: int, workers: int,
@@ -152,14 +332,25 @@ def summarize(results: list[RunResult], labels: list[str]) -> list[dict[str, Any
             "queries": statistics.fmean(r.queries for r in runs),
             "hits": statistics.fmean(r.hits for r in runs), "misses": statistics.fmean(r.misses for r in runs),
             "seconds": statistics.fmean(r.seconds for r in runs),
+            "epochs": statistics.fmean(r.epochs for r in runs) if runs[0].epochs is not None else None,
+            "full": statistics.fmean(r.full for r in runs) if runs[0].full is not None else None,
         })
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| name | mean±sd | val_acc mean±sd | found best-val cell | dedup hits/run | seconds/run |",
-             "|---|---|---|---|---|---|"]
+    curves = any(r.get("epochs") is not None for r in rows)
+    if curves:  # a replay of learning curves: what the epochs bought
+        lines = ["| name | mean±sd | val_acc mean±sd | found best-val cell | trials/run | full trainings/run "
+                 "| epochs/run | seconds/run |", "|---|---|---|---|---|---|---|---|"]
+    else:
+        lines = ["| name | mean±sd | val_acc mean±sd | found best-val cell | dedup hits/run | seconds/run |",
+                 "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['test_mean']:.2f}±{r['test_sd']:.2f} | {r['val_mean']:.2f}±{r['val_sd']:.2f} "
-                     f"| {100 * r['found_best']:.0f}% | {r['hits']:.1f} | {r['seconds']:.2f} |")
+        head = (f"| {r['label']} | {r['test_mean']:.2f}±{r['test_sd']:.2f} | {r['val_mean']:.2f}±{r['val_sd']:.2f} "
+                f"| {100 * r['found_best']:.0f}% |")
+        if curves:
+            lines.append(f"{head} {r['queries']:.1f} | {r['full']:.1f} | {r['epochs']:.0f} | {r['seconds']:.2f} |")
+        else:
+            lines.append(f"{head} {r['hits']:.1f} | {r['seconds']:.2f} |")
     return "\n".join(lines)

@@ -1,7 +1,11 @@
 """Tabular benchmarks: one row per architecture with its validation and test accuracy.
 
 A table is a CSV with the columns `cellstr`, `val_acc` and `test_acc` (more
-columns are ignored). `cellstr` is a NAS-Bench-201 cell string
+columns are ignored). A learning-curve table also has `val_acc_e1` ..
+`val_acc_eE` and `test_acc_e1` .. `test_acc_eE`: the accuracies after each
+of E epochs of the same training run, so a trial trained for e epochs reads
+epoch e (see kubenas.bench.curves); `parameters` and `multiply_adds`, when
+present, are the cell's costs. `cellstr` is a NAS-Bench-201 cell string
 (`|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`) or a genotype as JSON (any space of
 kubenas, named by its `space` field). The search space is the one the cells
 belong to; for NAS-Bench-201 strings, restricted to the operations that occur.
@@ -23,29 +27,34 @@ from kubenas.spaces import Genotype, SearchSpace, build_space, space_of
 from kubenas.spaces.nasbench201 import NB201_OPERATIONS, parse_cellstr
 
 REQUIRED = ("cellstr", "val_acc", "test_acc")
+COST_COLUMNS = {"parameters": "params", "multiply_adds": "multiply_adds"}  # column -> cost key
 
 
 @dataclass
-class Entry:
+class TableRow:
     cellstr: str
     val_acc: float
     test_acc: float
+    val_curve: tuple[float, ...] = ()  # after epoch 1, 2, ... (learning-curve tables only)
+    test_curve: tuple[float, ...] = ()
+    cost: Optional[dict[str, float]] = None  # params, multiply_adds (when the table has them)
 
 
 class Table:
-    def __init__(self, path: str, space: SearchSpace, entries: dict[str, Entry]):
+    def __init__(self, path: str, space: SearchSpace, entries: dict[str, TableRow], epochs: Optional[int] = None):
         self.path = path
         self.space = space
         self.entries = entries  # space hash -> entry
+        self.epochs = epochs  # E for a learning-curve table (every entry has E epochs); None otherwise
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def lookup(self, genotype: Genotype) -> Optional[Entry]:
+    def lookup(self, genotype: Genotype) -> Optional[TableRow]:
         return self.entries.get(self.space.hash(genotype))
 
     @property
-    def best_val(self) -> Entry:
+    def best_val(self) -> TableRow:
         return max(self.entries.values(), key=lambda e: e.val_acc)
 
 
@@ -72,12 +81,17 @@ def load_table(path: str | Path) -> Table:
             if missing:
                 raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; the header must name "
                                    f"{', '.join(REQUIRED)} (found {', '.join(header) or 'no header'})")
+            epochs = _curve_epochs(header, path)
+            curve_columns = [f"{kind}_acc_e{e}" for kind in ("val", "test") for e in range(1, (epochs or 0) + 1)]
+            cost_columns = [c for c in COST_COLUMNS if c in header]
             raw = []
             for line, row in enumerate(reader, start=2):
-                if None in row or any(row.get(c) is None for c in REQUIRED):
+                if None in row or any(row.get(c) is None for c in header):
                     raise DatasetError(f"{path}, line {line}: expected {len(header)} fields as in the header")
+                curves = [_number(row[c], c, line, path) for c in curve_columns]
+                cost = {COST_COLUMNS[c]: _number(row[c], c, line, path) for c in cost_columns} or None
                 raw.append((line, row["cellstr"].strip(), _number(row["val_acc"], "val_acc", line, path),
-                            _number(row["test_acc"], "test_acc", line, path)))
+                            _number(row["test_acc"], "test_acc", line, path), curves, cost))
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except csv.Error as exc:
@@ -90,7 +104,7 @@ def load_table(path: str | Path) -> Table:
         space = _json_space(raw, path)
     else:
         used = set()
-        for line, cell, _, _ in raw:
+        for line, cell, *_ in raw:
             try:
                 used.update(parse_cellstr(cell))
             except InvalidGenotype as exc:
@@ -98,9 +112,9 @@ def load_table(path: str | Path) -> Table:
                                    f"genotype: {exc}") from None
         space = build_space({"type": "nasbench201", "operations": [op for op in NB201_OPERATIONS if op in used]})
 
-    entries: dict[str, Entry] = {}
+    entries: dict[str, TableRow] = {}
     first_line: dict[str, int] = {}
-    for line, cell, val, test in raw:
+    for line, cell, val, test, curves, cost in raw:
         try:
             genotype = space.from_json(cell) if json_cells else {"space": space.name, "cell": cell, "hparams": {}}
             key = space.hash(genotype)
@@ -109,9 +123,26 @@ def load_table(path: str | Path) -> Table:
         if key in entries:
             raise DatasetError(f"{path}, line {line}: the same architecture as line {first_line[key]}; "
                                "each architecture may appear once")
-        entries[key] = Entry(cell, val, test)
+        half = len(curves) // 2
+        entries[key] = TableRow(cell, val, test, tuple(curves[:half]), tuple(curves[half:]), cost)
         first_line[key] = line
-    return Table(path, space, entries)
+    return Table(path, space, entries, epochs)
+
+
+def _curve_epochs(header: list[str], path: str) -> Optional[int]:
+    """E when the header has val_acc_e1..val_acc_eE and test_acc_e1..test_acc_eE; None without curves."""
+    found = {kind: sorted(int(c[len(kind) + 6:]) for c in header
+                          if c.startswith(f"{kind}_acc_e") and c[len(kind) + 6:].isdigit())
+             for kind in ("val", "test")}
+    if not found["val"] and not found["test"]:
+        return None
+    epochs = max(found["val"] + found["test"])
+    for kind, numbers in found.items():
+        if numbers != list(range(1, epochs + 1)):
+            absent = sorted(set(range(1, epochs + 1)) - set(numbers))
+            raise DatasetError(f"{path}: a learning-curve table needs {kind}_acc_e1 .. {kind}_acc_e{epochs}; "
+                               f"missing {', '.join(f'{kind}_acc_e{e}' for e in absent)}")
+    return epochs
 
 
 def _json_space(raw: list, path: str) -> SearchSpace:

@@ -184,3 +184,238 @@ def test_the_nasbench201_table_loads(nb201_table_path):
     assert len(table) == 15625
     assert table.best_val.val_acc == pytest.approx(84.892)
     assert table.best_val.test_acc == pytest.approx(89.03)
+
+
+# --- learning-curve tables: replay epoch by epoch at equal total epochs ---------------------------
+
+CURVE_EPOCHS = 4
+
+
+def curve_header(epochs=CURVE_EPOCHS):
+    return (["cellstr", "parameters", "multiply_adds", "val_acc", "test_acc"]
+            + [f"val_acc_e{e}" for e in range(1, epochs + 1)] + [f"test_acc_e{e}" for e in range(1, epochs + 1)])
+
+
+@pytest.fixture
+def curve_table(tmp_path):
+    """243 cells over three operations (the last edge fixed); each cell's curve rises towards a final
+    accuracy set by its 3x3 convolutions, and epoch e's value is unique, so a read can be traced."""
+    rng = random.Random(0)
+    path = tmp_path / "curves.csv"
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(curve_header())
+        for i, ops in enumerate(itertools.product(OPS3, repeat=5)):
+            final = 50 + 6 * sum(op == "nor_conv_3x3" for op in ops) + rng.random()
+            val = [round(final * (1 - 0.5 ** e) + 0.001 * i, 3) for e in range(1, CURVE_EPOCHS + 1)]
+            test = [round(v + 1 + rng.random(), 3) for v in val]
+            out.writerow([format_cellstr(list(ops) + ["nor_conv_3x3"]), 1000 + i, 10000 + i, val[-1], test[-1]]
+                         + val + test)
+    return str(path)
+
+
+def test_a_curve_table_loads_every_epoch(curve_table):
+    table = load_table(curve_table)
+    assert table.epochs == CURVE_EPOCHS and len(table) == 243
+    entry = table.best_val
+    assert len(entry.val_curve) == len(entry.test_curve) == CURVE_EPOCHS
+    assert entry.val_curve[-1] == entry.val_acc and entry.test_curve[-1] == entry.test_acc
+    assert list(entry.val_curve) == sorted(entry.val_curve)
+    assert set(entry.cost) == {"params", "multiply_adds"}
+    assert entry.cost["multiply_adds"] - entry.cost["params"] == 9000
+
+
+def test_a_plain_table_has_no_curves(small_table):
+    assert load_table(small_table).epochs is None
+
+
+def test_a_curve_table_with_a_gap_names_the_missing_column(tmp_path):
+    header = [c for c in curve_header() if c != "test_acc_e3"]
+    path = tmp_path / "gap.csv"
+    path.write_text(",".join(header) + "\n")
+    with pytest.raises(DatasetError, match="needs test_acc_e1 .. test_acc_e4; missing test_acc_e3"):
+        load_table(path)
+
+
+def test_replay_spends_exactly_the_epoch_budget(curve_table):
+    from kubenas.bench import replay
+
+    table = load_table(curve_table)
+    full = replay(table, Spec("random"), seed=0, budget=12, workers=3)
+    asha = replay(table, Spec("random+asha"), seed=0, budget=12, workers=3)
+    hyperband = replay(table, Spec("random+hyperband"), seed=0, budget=12, workers=3)
+    for run in (full, asha, hyperband):
+        assert run.epochs == 12 * CURVE_EPOCHS
+        assert 1 <= run.full <= run.queries
+    # Full fidelity: every trial trains all epochs (the last ones may be cut by the budget's end).
+    assert full.queries - 3 <= full.full <= 12
+    # Early stopping buys more trials with the same epochs.
+    assert asha.queries > full.queries and hyperband.queries > full.queries
+    # The score is the test accuracy after all epochs of the best-val cell among those trained fully.
+    entry = next(e for e in table.entries.values() if e.val_curve[-1] == asha.best_val)
+    assert asha.best_test == entry.test_curve[-1]
+
+
+def test_replay_reads_epoch_e_for_a_trial_trained_e_epochs(curve_table, monkeypatch):
+    from kubenas.bench import replay
+    from kubenas.strategies.multifidelity import MultiFidelity
+    from kubenas.strategies.random_search import RandomSearch
+
+    table = load_table(curve_table)
+    reports: list[tuple[str, int, float]] = []
+    told = []
+    report, observe = MultiFidelity.report, RandomSearch._observe
+
+    def spy_report(self, trial_id, epoch, value):
+        reports.append((self.pending[trial_id].genotype["cell"], epoch, value))
+        return report(self, trial_id, epoch, value)
+
+    def spy_observe(self, trial, result):
+        told.append(result)
+        observe(self, trial, result)
+
+    monkeypatch.setattr(MultiFidelity, "report", spy_report)
+    monkeypatch.setattr(RandomSearch, "_observe", spy_observe)
+    replay(table, Spec("random+asha"), seed=2, budget=10, workers=4)
+    by_cell = {e.cellstr: e for e in table.entries.values()}
+    assert {epoch for _, epoch, _ in reports} == {1, 2, 3, 4}
+    assert all(by_cell[cell].val_curve[epoch - 1] == value for cell, epoch, value in reports)
+    # Random search is not fidelity-aware: a stopped trial never reaches it as a final reward.
+    rewarded = [r for r in told if r.reward is not None]
+    assert rewarded and all(r.epochs == CURVE_EPOCHS for r in rewarded)
+    assert any(r.status == "stopped" and r.reward is None for r in told)
+
+
+def test_replay_confines_a_search_to_the_cells_of_a_partial_table(curve_table):
+    from kubenas.bench import replay
+
+    table = load_table(curve_table)  # 243 of the 729 cells over three operations
+    run = replay(table, Spec("evolution", {"population": 6, "sample": 2}), seed=1, budget=15, workers=2)
+    assert run.misses > 0 and run.epochs == 15 * CURVE_EPOCHS
+
+
+def test_replay_is_reproducible(curve_table):
+    from kubenas.bench import replay
+
+    table = load_table(curve_table)
+    a = replay(table, Spec("random+hyperband"), seed=5, budget=8, workers=3)
+    b = replay(table, Spec("random+hyperband"), seed=5, budget=8, workers=3)
+    assert (a.best_val, a.queries, a.full) == (b.best_val, b.queries, b.full)
+
+
+def test_cli_replays_a_curve_table_at_equal_epochs(curve_table, capsys):
+    code = main(["bench", "strategies", "--table", curve_table, "--budget", "6", "--workers", "2", "--seeds", "3",
+                 "--strategies", "random,random+asha,random+hyperband", "--param", "random+asha.min_epochs=2",
+                 "--processes", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "learning curves of 4 epochs" in out and "24 epochs (6 full trainings' worth)" in out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r[1].strip() for r in rows] == ["name", "random", "random+asha", "random+hyperband"]
+    assert rows[0][7].strip() == "epochs/run" and all(r[7].strip() == "24" for r in rows[1:])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--strategies", "random+asha"], "random\\+asha needs a learning-curve table"),
+    (["--strategies", "random+sometimes"], "early stopping after '\\+' must be one of asha, hyperband, median"),
+    (["--strategies", "bohb+asha"], "bohb schedules its own epochs; run it without '\\+asha'"),
+])
+def test_cli_early_stopping_errors_are_one_line(small_table, capsys, argv, message):
+    import re
+
+    code = main(["bench", "strategies", "--table", small_table, "--seeds", "1"] + argv)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+
+
+# --- the generator of learning curves --------------------------------------------------------------
+
+TINY_TASK = dict(train_images=120, val_images=60, test_images=60, eval_copies=2, rotation=10, scale=0.1,
+                 shift=0.5, noise=0.1)
+
+
+def test_the_task_splits_distinct_digits_and_is_deterministic():
+    from kubenas.bench.curves import CurveTask, make_task
+
+    a, b = make_task(CurveTask(**TINY_TASK)), make_task(CurveTask(**TINY_TASK))
+    assert a.train_x.shape == (120, 1, 8, 8) and a.val_x.shape == (120, 1, 8, 8) and a.test_x.shape == (120, 1, 8, 8)
+    assert torch_equal(a.val_x, b.val_x) and torch_equal(a.train_y, b.train_y)
+    assert not torch_equal(a.val_x[:60], a.val_x[60:])  # two distortions of each validation digit
+    with pytest.raises(ValueError, match="3000 images asked for; digits has 1797"):
+        make_task(CurveTask(train_images=1000, val_images=1000, test_images=1000))
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return bool(torch.equal(x, y))
+
+
+def test_generate_writes_a_curve_table_and_resumes(tmp_path):
+    from kubenas.bench import curves
+
+    task = curves.CurveTask(**TINY_TASK)
+    cfg = curves.CurveConfig(channels=4, epochs=2, batch_size=32)
+    path = tmp_path / "curves.csv"
+    assert curves.generate(path, 2, task, cfg, [0, 1], log=lambda _: None) == 2
+    assert curves.generate(path, 3, task, cfg, [0, 1], log=lambda _: None) == 1  # only the missing cell
+    rows = list(curves.iter_rows(path))
+    assert [r["cellstr"] for r in rows] == curves.all_cells(0)[:3]
+    for r in rows:
+        assert float(r["val_acc"]) == pytest.approx((float(r["val_acc_s0"]) + float(r["val_acc_s1"])) / 2, abs=0.011)
+        assert 0 <= float(r["test_acc_e1"]) <= 100 and int(r["parameters"]) > 0
+    table = load_table(path)
+    assert table.epochs == 2 and len(table) == 3
+    with pytest.raises(ValueError, match="not those of 3 epochs and 2 seeds"):
+        curves.generate(path, 4, task, curves.CurveConfig(channels=4, epochs=3), [0, 1], log=lambda _: None)
+
+
+def test_seed_agreement_is_kendall_tau_of_the_two_halves():
+    import numpy as np
+
+    from kubenas.bench.curves import seed_agreement
+
+    quality = np.arange(20, dtype=float)
+    agree = seed_agreement(np.stack([quality, quality + 0.1, quality, quality - 0.1], axis=1))
+    assert agree["tau_all"] == pytest.approx(1.0) and agree["tau_better_half"] == pytest.approx(1.0)
+    flipped = seed_agreement(np.stack([quality, quality, -quality, -quality], axis=1))
+    assert flipped["tau_all"] == pytest.approx(-1.0)
+
+
+def test_all_cells_is_a_seeded_shuffle_of_the_whole_space():
+    from kubenas.bench.curves import all_cells
+
+    cells = all_cells(0)
+    assert len(cells) == len(set(cells)) == 15625
+    assert cells[:5] == all_cells(0)[:5] != all_cells(1)[:5]
+
+
+def test_seeds_trained_side_by_side_match_one_seed_trained_alone():
+    from kubenas.bench import curves
+
+    data = curves.make_task(curves.CurveTask(**TINY_TASK))
+    cfg = curves.CurveConfig(channels=4, epochs=2, batch_size=32)
+    cell = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|"
+    together = curves.train_curves(cell, data, cfg, [3, 4])
+    for i, seed in enumerate((3, 4)):
+        val, test, params, madds = curves.train_cell(cell, data, cfg, seed)
+        assert (params, madds) == (together.parameters, together.multiply_adds)
+        # Same initialisation, data order and augmentation: equal up to float rounding, so
+        # at most an image or two of 120 changes its answer.
+        assert together.val[i] == pytest.approx(val, abs=0.02)
+        assert together.test[i] == pytest.approx(test, abs=0.02)
+    assert together.val[0] != together.val[1]
+
+
+def test_bohb_replays_with_the_tables_epochs(curve_table):
+    from kubenas.bench import replay
+    from kubenas.strategies import STRATEGIES
+
+    if "bohb" not in STRATEGIES:  # pragma: no cover - BOHB lands with the strategies' own change
+        pytest.fail("the bohb strategy is not registered")
+    table = load_table(curve_table)
+    run = replay(table, Spec("bohb"), seed=0, budget=10, workers=3)
+    full = replay(table, Spec("random"), seed=0, budget=10, workers=3)
+    assert run.epochs == 10 * CURVE_EPOCHS
+    assert run.queries > full.queries and run.full >= 1  # brackets stop most trials early
