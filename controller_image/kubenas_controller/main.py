@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from kubenas import metrics
 from kubenas.errors import InvalidSpec, KubenasError, describe_validation_error
 from kubenas.queue.keys import SearchKeys
-from kubenas.queue.connection import connect, redact
+from kubenas.queue.connection import check, connect, redact
 from kubenas.manifest import load_manifest, read_yaml_documents
 from kubenas.spec import KIND, ArchitectureSearchSpec
 
@@ -57,6 +57,14 @@ def number(kind: type, low: float, high: float = math.inf, accepted: str = "", e
 
 
 PORT = number(int, -1, 65535, "a port 1..65535, 0 for any free port or -1 for none")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(text: str) -> str:
+    """An argparse type: a logging level name (a typo would otherwise silently mean INFO)."""
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted; expected one of {', '.join(LOG_LEVELS)}")
+    return text.upper()
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -84,7 +92,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="the search's artifact store (env KUBENAS_ARTIFACTS): trial checkpoints no longer needed "
                         "are removed from it")
     p.add_argument("--no-fsync", action="store_true", help="do not fsync checkpoints (tests and benchmarks only)")
-    p.add_argument("--log-level", default=env("KUBENAS_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", type=log_level, default=env("KUBENAS_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 
 
@@ -128,6 +136,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise InvalidSpec("--name is required when --spec holds only the spec section")
         keys = SearchKeys(namespace, name)
         client = connect(args.redis_url, client_name=f"kubenas-controller:{keys.search}")
+        check(client, args.redis_url)  # a bad database index or password fails now; an outage is retried later
         from kubenas_controller.controller import Controller, ControllerOptions
 
         controller = Controller(spec, keys, client, args.checkpoint_dir, ControllerOptions(

@@ -26,6 +26,7 @@ STRATEGIES: dict[str, str] = {
     "reinforce": "kubenas.strategies.reinforce:Reinforce",
     "gp-bo": "kubenas.strategies.gp_bo:GPBayesOpt",
     "bohb": "kubenas.strategies.bohb:BOHB",
+    "pbt": "kubenas.strategies.pbt:PopulationBasedTraining",
 }
 
 

@@ -18,6 +18,7 @@ from kubenas.spaces import Genotype, SearchSpace
 TrialStatus = Literal["succeeded", "failed", "stopped"]
 CONTINUE, STOP, PROMOTE = "continue", "stop", "promote"
 Action = Literal["continue", "stop", "promote"]
+WarmStart = Literal["inherit", "resume"]
 
 
 @dataclass
@@ -27,13 +28,20 @@ class Trial:
     # Epochs to train towards; None means the search's default. A strategy that
     # sets it schedules the trial's epochs and answers `report` for it.
     fidelity: Optional[int] = None
+    # The trial whose weights this one starts from (None: from scratch), and how:
+    # "inherit" copies the weights of every part whose position and operation are
+    # unchanged into a fresh network of this genotype (kubenas.nn.inherit);
+    # "resume" loads the parent's full weights into the same architecture and
+    # trains on, possibly with new hyperparameters (PBT's exploit).
+    parent_id: Optional[str] = None
+    warm_start: Optional[WarmStart] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Trial":
-        return cls(**data)
+        return cls(**data)  # states saved before parent_id/warm_start existed load with the defaults
 
 
 @dataclass
@@ -123,7 +131,10 @@ class Strategy(ABC):
     same for every strategy and every wrapper:
 
     1. `ask(n)` proposes up to n new trials (ids "t000000", "t000001", ...);
-       they stay in `pending` until their result is told.
+       they stay in `pending` until their result is told. Fewer, even none,
+       means nothing to propose for now (PBT while every member trains): ask
+       again after a result; `SearchExhausted` means nothing ever again. A
+       trial may name a finished trial to start from (`parent_id`, `warm_start`).
     2. `inject(genotype)` registers a trial the strategy did not propose (a warm
        start, a wrapper's fallback); its result is told like any other.
     3. While a trial trains: `report(trial_id, epoch, value)` after every epoch;
@@ -168,6 +179,9 @@ class Strategy(ABC):
     # included. False: told only final results; a trial stopped early arrives
     # as status "stopped" with no reward.
     fidelity_aware: ClassVar[bool] = False
+    # True: proposes a genotype again on purpose (PBT trains a member in intervals),
+    # so deduplication must not answer a repeat from an earlier result.
+    repeats: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, seed: int = 0):
         self.space = space
@@ -181,8 +195,11 @@ class Strategy(ABC):
     def ask(self, n: int = 1) -> list[Trial]:
         """Up to `n` new trials (registered with `_new_trial`), from everything told so far."""
 
-    def _new_trial(self, genotype: Genotype, fidelity: Optional[int] = None) -> Trial:
-        trial = Trial(id=f"t{self.next_id:06d}", genotype=genotype, fidelity=fidelity)
+    def _new_trial(self, genotype: Genotype, fidelity: Optional[int] = None, parent_id: Optional[str] = None,
+                   warm_start: Optional[WarmStart] = None) -> Trial:
+        """Register a proposal; `warm_start` applies only when a parent is named."""
+        trial = Trial(id=f"t{self.next_id:06d}", genotype=genotype, fidelity=fidelity, parent_id=parent_id,
+                      warm_start=warm_start if parent_id is not None else None)
         self.next_id += 1
         self.pending[trial.id] = trial
         return trial
@@ -229,6 +246,11 @@ class Strategy(ABC):
         """Counters and gauges for the search's metrics (e.g. deduplicated, policy_entropy)."""
         return {}
 
+    def checkpoints_needed(self) -> set[str]:
+        """Finished trials a later proposal may name as its parent: their checkpoints must be
+        kept (the others may be deleted once their trials finish)."""
+        return set()
+
     # --- state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -266,6 +288,10 @@ class Wrapper(Strategy):
     def fidelity_aware(self) -> bool:
         return self.inner.fidelity_aware
 
+    @property  # type: ignore[override]
+    def repeats(self) -> bool:
+        return self.inner.repeats
+
     def ask(self, n: int = 1) -> list[Trial]:
         trials = self.inner.ask(n)
         for trial in trials:
@@ -289,6 +315,9 @@ class Wrapper(Strategy):
 
     def known_hash(self, trial_id: str) -> Optional[str]:
         return self.inner.known_hash(trial_id)
+
+    def checkpoints_needed(self) -> set[str]:
+        return self.inner.checkpoints_needed()
 
     def stats(self) -> dict[str, float]:
         return {**self.inner.stats(), **self._own_stats()}

@@ -87,6 +87,7 @@ class Constrained(Wrapper):
         self.max_attempts = max_attempts
         self.costs: dict[str, dict[str, float]] = {}  # issued trial id -> estimated cost
         self.rejected = 0
+        self.inner_idle = False  # the last inner ask proposed nothing (it waits for results)
 
     def _cost(self, genotype: Genotype) -> dict[str, float]:
         return {k: float(v) for k, v in self.cost_fn(genotype).items()}
@@ -96,7 +97,7 @@ class Constrained(Wrapper):
         for _ in range(n):
             trial = self._ask_one()
             if trial is None:
-                if not trials:
+                if not trials and not self.inner_idle:
                     raise SearchExhausted(
                         f"{self.inner.name}: {self.max_attempts} proposals in a row broke the limits "
                         f"{self.limits}; loosen them or restrict the search space")
@@ -105,9 +106,11 @@ class Constrained(Wrapper):
         return trials
 
     def _ask_one(self) -> Optional[Trial]:
+        self.inner_idle = False
         for _ in range(self.max_attempts):
             proposed = self.inner.ask(1)
             if not proposed:
+                self.inner_idle = True  # nothing to propose for now (PBT: every member training)
                 return None
             trial = proposed[0]
             cost = self._cost(trial.genotype)

@@ -10,7 +10,10 @@ After `max_attempts` repeats in a row, a random architecture never seen in
 this search is issued instead (`inject`ed into the inner strategy, so it
 learns from it too). Only succeeded results are reused: a failed or stopped
 trial's architecture may be trained again. `repeat=True` turns the book off
-(for searches that ask for repeated evaluations).
+(for searches that ask for repeated evaluations, and under a strategy that
+`repeats` genotypes on purpose, as PBT's intervals do). An inner strategy with
+nothing to propose for now (every PBT member training) is not exhausted: `ask`
+returns fewer trials, possibly none.
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ class Deduplicated(Wrapper):
         self.hashes: dict[str, str] = {}  # issued trial id -> hash
         self.hits = 0  # proposals answered from the book or by a trial in flight
         self.fallbacks = 0
+        self.inner_idle = False  # the last inner ask proposed nothing (it waits for results)
 
     def ask(self, n: int = 1) -> list[Trial]:
         trials: list[Trial] = []
         for _ in range(n):
             trial = self._ask_one()
             if trial is None:
-                if not trials:
+                if not trials and not self.inner_idle:
                     raise SearchExhausted(
                         f"{self.inner.name}: no architecture that this search has not evaluated could be found "
                         f"({len(self.book)} evaluated); raise the budget's patience or allow repeats")
@@ -49,14 +53,18 @@ class Deduplicated(Wrapper):
         return trials
 
     def _ask_one(self) -> Optional[Trial]:
-        if self.repeat:
-            trial = self.inner.ask(1)[0]
-            self.pending[trial.id] = trial
-            return trial
+        self.inner_idle = False
+        if self.repeat or self.inner.repeats:
+            proposed = self.inner.ask(1)
+            self.inner_idle = not proposed
+            if proposed:
+                self.pending[proposed[0].id] = proposed[0]
+            return proposed[0] if proposed else None
         for _ in range(self.max_attempts):
             proposed = self.inner.ask(1)
             if not proposed:
-                break
+                self.inner_idle = True  # nothing to propose for now: no fallback, no exhaustion
+                return None
             trial = proposed[0]
             key = self.space.hash(trial.genotype)
             if key in self.book:

@@ -5,11 +5,14 @@ trial mutates the best of `sample` members drawn at random; the oldest member
 dies when a new one arrives, whatever its reward. Until `population` trials
 have been proposed (or while no result is in yet), proposals are random.
 Asynchronous by nature: results join the population in completion order.
+With `inherit_weights`, a child names its parent (`Trial.parent_id`) and
+starts from the parent's weights where the mutation left the network
+unchanged (`warm_start="inherit"`, Real et al. 2017).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from kubenas.spaces import Genotype, SearchSpace
 from kubenas.strategies.base import Result, Strategy, Trial
@@ -19,7 +22,8 @@ from kubenas.strategies.encoding import Encoding
 class RegularizedEvolution(Strategy):
     name = "evolution"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, population: int = 100, sample: int = 25):
+    def __init__(self, space: SearchSpace, seed: int = 0, population: int = 100, sample: int = 25,
+                 inherit_weights: bool = False):
         super().__init__(space, seed)
         if population < 1 or not 1 <= sample <= population:
             raise ValueError(f"evolution: need population >= 1 and 1 <= sample <= population "
@@ -27,34 +31,52 @@ class RegularizedEvolution(Strategy):
         self.population_size = population
         self.sample_size = sample
         self.encoding = Encoding(space)
+        self.inherit_weights = inherit_weights
         self.population: list[tuple[list[int], float]] = []  # oldest first
+        self.member_ids: list[Optional[str]] = []  # the trial of each member: a child's parent
         self.proposed = 0
 
     def ask(self, n: int = 1) -> list[Trial]:
-        return self._ask_each(n, self._propose)
+        trials = []
+        for _ in range(max(n, 0)):
+            genotype, parent_id = self._propose()
+            if not self.inherit_weights:
+                parent_id = None  # a parent is named only for a warm start
+            trials.append(self._new_trial(genotype, parent_id=parent_id, warm_start="inherit"))
+        return trials
 
-    def _propose(self) -> Genotype:
+    def _propose(self) -> tuple[Genotype, Optional[str]]:
+        """A genotype and the id of the trial it mutates (None: a random one)."""
         self.proposed += 1
         if self.proposed <= self.population_size or not self.population:
-            return self.encoding.genotype(self.encoding.random(self.rng))
+            return self.encoding.genotype(self.encoding.random(self.rng)), None
         k = min(self.sample_size, len(self.population))
         contenders = self.rng.sample(range(len(self.population)), k)
         parent = max(contenders, key=lambda i: (self.population[i][1], -i))
-        return self.encoding.genotype(self.encoding.mutate(self.population[parent][0], self.rng))
+        child = self.encoding.mutate(self.population[parent][0], self.rng)
+        return self.encoding.genotype(child), self.member_ids[parent]
 
     def _observe(self, trial: Trial, result: Result) -> None:
         if result.reward is None:
             return  # a failed child does not join the population
         self.population.append((self.encoding.indices(trial.genotype), float(result.reward)))
+        self.member_ids.append(trial.id)
         if len(self.population) > self.population_size:
             self.population.pop(0)  # aging: the oldest dies
+            self.member_ids.pop(0)
+
+    def checkpoints_needed(self) -> set[str]:
+        return {i for i in self.member_ids if i is not None} if self.inherit_weights else set()
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update(population=[[list(ind), r] for ind, r in self.population], proposed=self.proposed)
+        state.update(population=[[list(ind), r] for ind, r in self.population], member_ids=list(self.member_ids),
+                     proposed=self.proposed)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.population = [(list(ind), float(r)) for ind, r in state["population"]]
+        # States saved before members' trial ids were kept: no parent to name.
+        self.member_ids = list(state.get("member_ids", [None] * len(self.population)))
         self.proposed = state["proposed"]

@@ -5,6 +5,8 @@ current architecture in random order and move to the first one that beats
 it; at a local optimum (every neighbour evaluated, none better), restart from
 a random architecture. Asynchronous: an improving result arriving at any time
 moves the centre, and the queue is rebuilt from the new centre's neighbours.
+With `inherit_weights`, a neighbour names the centre's trial as its parent
+(`Trial.parent_id`, `warm_start="inherit"`).
 """
 
 from __future__ import annotations
@@ -19,16 +21,19 @@ from kubenas.strategies.encoding import Encoding
 class LocalSearch(Strategy):
     name = "local-search"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, initial: int = 1):
-        """`initial`: random architectures evaluated before the first climb starts."""
+    def __init__(self, space: SearchSpace, seed: int = 0, initial: int = 1, inherit_weights: bool = False):
+        """`initial`: random architectures evaluated before the first climb starts;
+        `inherit_weights`: neighbours start from the centre's weights."""
         super().__init__(space, seed)
         if initial < 1:
             raise ValueError(f"local-search: initial must be >= 1 (got {initial})")
         self.initial = initial
+        self.inherit_weights = inherit_weights
         self.encoding = Encoding(space)
         self.seen: set[tuple[int, ...]] = set()  # proposed index vectors
         self.centre: Optional[list[int]] = None
         self.centre_reward = float("-inf")
+        self.centre_id: Optional[str] = None  # the trial that evaluated the centre
         self.queue: list[list[int]] = []
         self.to_start = initial  # random proposals still to make before/after a restart
         self.restarts = 0
@@ -41,27 +46,35 @@ class LocalSearch(Strategy):
         return ind  # nearly exhausted space: a repeat (the dedup layer answers it)
 
     def ask(self, n: int = 1) -> list[Trial]:
-        return self._ask_each(n, self._propose)
+        trials = []
+        for _ in range(max(n, 0)):
+            genotype, parent_id = self._propose()
+            if not self.inherit_weights:
+                parent_id = None  # a parent is named only for a warm start
+            trials.append(self._new_trial(genotype, parent_id=parent_id, warm_start="inherit"))
+        return trials
 
-    def _propose(self) -> Genotype:
+    def _propose(self) -> tuple[Genotype, Optional[str]]:
+        """A genotype and the trial it is a neighbour of (None: a random start)."""
         ind: Optional[list[int]] = None
+        parent_id: Optional[str] = None
         if self.to_start > 0 or self.centre is None:
             self.to_start = max(0, self.to_start - 1)
         else:
             while self.queue:
                 candidate = self.queue.pop()
                 if tuple(candidate) not in self.seen:
-                    ind = candidate
+                    ind, parent_id = candidate, self.centre_id
                     break
             else:
                 # Local optimum (or its last neighbours still training): restart.
                 self.restarts += 1
-                self.centre, self.centre_reward = None, float("-inf")
+                self.centre, self.centre_reward, self.centre_id = None, float("-inf"), None
                 self.to_start = self.initial - 1
         if ind is None:
             ind = self._random_unseen()
         self.seen.add(tuple(ind))
-        return self.encoding.genotype(ind)
+        return self.encoding.genotype(ind), parent_id
 
     def _observe(self, trial: Trial, result: Result) -> None:
         if result.reward is None:
@@ -69,16 +82,19 @@ class LocalSearch(Strategy):
         ind = self.encoding.indices(trial.genotype)
         self.seen.add(tuple(ind))
         if result.reward > self.centre_reward:
-            self.centre, self.centre_reward = ind, float(result.reward)
+            self.centre, self.centre_reward, self.centre_id = ind, float(result.reward), trial.id
             self.queue = [nb for nb in self.encoding.neighbours(ind) if tuple(nb) not in self.seen]
             self.rng.shuffle(self.queue)
+
+    def checkpoints_needed(self) -> set[str]:
+        return {self.centre_id} if self.inherit_weights and self.centre_id is not None else set()
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update(
             seen=sorted(list(s) for s in self.seen), centre=self.centre,
             centre_reward=None if self.centre is None else self.centre_reward,
-            queue=self.queue, to_start=self.to_start, restarts=self.restarts,
+            queue=self.queue, to_start=self.to_start, restarts=self.restarts, centre_id=self.centre_id,
         )
         return state
 
@@ -90,3 +106,4 @@ class LocalSearch(Strategy):
         self.queue = [list(q) for q in state["queue"]]
         self.to_start = state["to_start"]
         self.restarts = state["restarts"]
+        self.centre_id = state.get("centre_id")  # absent from states saved before inheritance
