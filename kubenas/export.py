@@ -329,7 +329,10 @@ def export(genotype: dict, output: str | Path, fmt: str, size: Size, num_classes
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise KubenasError(f"--output: {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KubenasError(f"--output: cannot create {out}: {exc.strerror or exc}; choose a directory you can write") from None
     embedded = json.dumps(meta, sort_keys=True)
     example = torch.randn(2, *size.input_shape)
     meta["files"] = {}

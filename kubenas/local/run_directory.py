@@ -57,8 +57,12 @@ class RunDirectory:
     def acquire(self) -> None:
         import fcntl
 
-        self.output.mkdir(parents=True, exist_ok=True)
-        lock = open(self.output / RUN_LOCK, "a+")  # never removed: removing it would race with a new run
+        try:
+            self.output.mkdir(parents=True, exist_ok=True)
+            lock = open(self.output / RUN_LOCK, "a+")  # never removed: removing it would race with a new run
+        except OSError as exc:  # e.g. under /proc, or a read-only file system
+            raise KubenasError(f"--output: cannot use {self.output}: {exc.strerror or exc}; "
+                               "choose a directory you can write") from None
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

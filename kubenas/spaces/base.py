@@ -109,7 +109,7 @@ class SearchSpace(ABC):
         hparams = data.get("hparams", {})
         if not isinstance(hparams, dict):
             raise InvalidGenotype(f"genotype.hparams: expected an object, got {type(hparams).__name__}")
-        return {"space": self.name, **self._validate_cell(body), "hparams": dict(hparams)}
+        return {"space": self.name, **self._validate_cell(body), "hparams": _check_hparam_values(hparams)}
 
     def _validate_hparams(self, hparams: Any) -> dict:
         if not isinstance(hparams, dict):
@@ -195,6 +195,22 @@ def _check_depth(data: Any, where: str) -> None:
                                   "a genotype is a few levels deep")
         children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
         stack.extend((child, depth + 1) for child in children)
+
+
+def _check_hparam_values(hparams: dict) -> dict:
+    """Passed-through hyperparameters still name a training field and stay within its
+    bounds (as training checks them): `epochs: Infinity` must not wait for a trainer."""
+    from kubenas.spec import HYPERPARAMETER_BOUNDS, TrainingSpec  # spec imports the spaces' config
+
+    unknown = set(hparams) - set(HYPERPARAMETER_BOUNDS)
+    if unknown:
+        raise InvalidGenotype(f"genotype.hparams: {sorted(unknown)} are not hyperparameters; "
+                              f"accepted: {sorted(HYPERPARAMETER_BOUNDS)}")
+    try:
+        TrainingSpec.model_validate(hparams)
+    except ValidationError as exc:
+        raise InvalidGenotype(describe_validation_error(exc, "genotype.hparams")) from None
+    return dict(hparams)
 
 
 def validate_model(model: type[BaseModel], data: Any, prefix: str) -> BaseModel:
