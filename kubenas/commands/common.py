@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from typing import Callable
 
 from kubenas.errors import KubenasError
-from kubenas.spaces import Genotype, space_of
+from kubenas.spaces import Genotype, load_genotype
 
 MAX_GENOTYPE_BYTES = 1 << 20
 
@@ -63,20 +62,7 @@ def read_genotype(path: str) -> Genotype:
         raise KubenasError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     if len(data) > MAX_GENOTYPE_BYTES:
         raise KubenasError(f"{path}: larger than {MAX_GENOTYPE_BYTES >> 20} MiB; a genotype is a small JSON file")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise KubenasError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                           "expected a genotype as JSON") from None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise KubenasError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise KubenasError(f"{path}: nested too deeply to be a genotype") from None
-    if not isinstance(value, dict):
-        raise KubenasError(f"{path}: a genotype is a JSON object with a space field; got a {type(value).__name__}")
-    return space_of(value).validate_architecture(value)
+    return load_genotype(data, path)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

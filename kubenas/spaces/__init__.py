@@ -53,6 +53,8 @@ def load_genotype(text: str | bytes, where: str = "genotype") -> Genotype:
     """A genotype from JSON text, its cell validated against the space it names
     (its hyperparameters pass through: which are searched is a search's business)."""
     data = parse_json(text, where)
+    if not isinstance(data, dict):
+        raise InvalidGenotype(f"{where}: a genotype is a JSON object with a space field; got a {type(data).__name__}")
     return space_of(data).validate_architecture(data)
 
 

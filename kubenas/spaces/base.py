@@ -165,25 +165,37 @@ def parse_json(text: str | bytes, where: str = "genotype") -> Any:
             raise InvalidGenotype(f"{where} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
                                   f"{exc.start}); a genotype is a JSON file") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        data = json.loads(text, parse_constant=_NonFinite, parse_float=_float_or_non_finite)
     except json.JSONDecodeError as exc:
         raise InvalidGenotype(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise InvalidGenotype(f"{where}: JSON nested too deeply; a genotype is at most "
                               f"{MAX_JSON_DEPTH} levels deep") from None
     _check_depth(data, where)
+    _check_finite(data)
     return data
 
 
-def _refuse_constant(name: str) -> float:
-    raise InvalidGenotype(f"genotype: {name} is not accepted; give a finite number")
+class _NonFinite(str):
+    """A number JSON spelled but a float cannot be used as (NaN, Infinity, 1e400), as written."""
 
 
-def _finite_float(text: str) -> float:
+def _float_or_non_finite(text: str) -> Any:
     value = float(text)
-    if not math.isfinite(value):
-        raise InvalidGenotype(f"genotype: {text} is not accepted; give a finite number")
-    return value
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _check_finite(data: Any) -> None:
+    """Non-finite numbers are refused, naming where they stand (genotype.hparams.epochs)."""
+    stack: list[tuple[Any, str]] = [(data, "genotype")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, _NonFinite):
+            raise InvalidGenotype(f"{path}: {value} is not accepted; give a finite number")
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}") for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
 
 
 def _check_depth(data: Any, where: str) -> None:

@@ -209,6 +209,18 @@ class Strategy(ABC):
         proposal seeing the ones before it."""
         return [self._new_trial(propose()) for _ in range(max(n, 0))]
 
+    def _ask_children(self, n: int, propose: Callable[[], tuple[Genotype, Optional[str]]],
+                      inherit_weights: bool) -> list[Trial]:
+        """`ask` for strategies that derive each proposal from an earlier trial (`propose`
+        returns the genotype and that trial's id): the parent is named, for a warm start
+        from its weights, only when the search inherits weights."""
+        trials = []
+        for _ in range(max(n, 0)):
+            genotype, parent_id = propose()
+            trials.append(self._new_trial(genotype, parent_id=parent_id if inherit_weights else None,
+                                          warm_start="inherit"))
+        return trials
+
     def inject(self, genotype: Genotype, fidelity: Optional[int] = None) -> Trial:
         """Register a trial this strategy did not propose (a warm start, or a
         wrapper's fallback); its result is then told like any other."""

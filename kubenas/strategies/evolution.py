@@ -37,13 +37,7 @@ class RegularizedEvolution(Strategy):
         self.proposed = 0
 
     def ask(self, n: int = 1) -> list[Trial]:
-        trials = []
-        for _ in range(max(n, 0)):
-            genotype, parent_id = self._propose()
-            if not self.inherit_weights:
-                parent_id = None  # a parent is named only for a warm start
-            trials.append(self._new_trial(genotype, parent_id=parent_id, warm_start="inherit"))
-        return trials
+        return self._ask_children(n, self._propose, self.inherit_weights)
 
     def _propose(self) -> tuple[Genotype, Optional[str]]:
         """A genotype and the id of the trial it mutates (None: a random one)."""

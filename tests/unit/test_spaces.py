@@ -285,9 +285,9 @@ def test_a_space_field_that_is_not_a_name_is_refused(value):
     (b"\x89PNG\r\n\x1a\n\x00\x00", "genotype is not UTF-8 text (byte 0x89 at offset 0)"),
     ("[" * 5000 + "]" * 5000, "genotype: JSON nested"),
     ("[" * 40 + "]" * 40, "genotype: JSON nested more than 32 levels deep"),
-    ('{"space": "nasnet", "hparams": {"epochs": Infinity}}', "genotype: Infinity is not accepted"),
-    ('{"space": "nasnet", "hparams": {"learningRate": NaN}}', "genotype: NaN is not accepted"),
-    ('{"space": "nasnet", "hparams": {"learningRate": 1e400}}', "genotype: 1e400 is not accepted"),
+    ('{"space": "nasnet", "hparams": {"epochs": Infinity}}', "genotype.hparams.epochs: Infinity is not accepted"),
+    ('{"space": "nasnet", "hparams": {"learningRate": NaN}}', "genotype.hparams.learningRate: NaN is not accepted"),
+    ('{"space": "nasnet", "hparams": {"learningRate": 1e400}}', "genotype.hparams.learningRate: 1e400 is not accepted"),
 ])
 def test_unreadable_genotype_text_is_refused_in_one_line(text, message):
     from kubenas.spaces import load_genotype
