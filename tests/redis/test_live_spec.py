@@ -228,7 +228,10 @@ def test_max_trials_lowered_below_the_trials_created_finishes_cleanly(redis_serv
 
 def test_an_unwritable_checkpoint_directory_is_waited_out_and_nothing_unsaved_is_acknowledged(
         redis_server, keys, tmp_path):
-    search = Search(redis_server.url, keys, tmp_path, trainers=2, prefetch=0, max_trials=8, parallelism=2)
+    # Enough trials that the search cannot end between the second result and the rename
+    # (a trial of this size takes about 0.1 s).
+    trials = 60
+    search = Search(redis_server.url, keys, tmp_path, trainers=2, prefetch=0, max_trials=trials, parallelism=2)
     away = tmp_path / "ck-away"
     try:
         search.wait_done(2)
@@ -244,9 +247,9 @@ def test_an_unwritable_checkpoint_directory_is_waited_out_and_nothing_unsaved_is
         if away.exists():
             shutil.move(str(away), str(search.ck))
         search.stop()
-    assert summary["trials"]["total"] == summary["trials"]["succeeded"] == 8
+    assert summary["trials"]["total"] == summary["trials"]["succeeded"] == trials
     results = by_kind(events(search.ck), "result")
-    assert sorted(e["id"] for e in results) == [f"t{i:06d}" for i in range(8)]
+    assert sorted(e["id"] for e in results) == [f"t{i:06d}" for i in range(trials)]
     assert "Traceback" not in search.controller_log.read_text()
 
 
