@@ -1,8 +1,9 @@
 """The controller's checkpoint: a directory on a volume (a PVC in Kubernetes).
 
     state.json        strategy state and bookkeeping; replaced atomically (temp file, fsync, rename)
-    tensors-<n>.pt    tensors found in the strategy state, if any: torch.save of a flat
-                      {name: tensor} dict, read back with torch.load(weights_only=True)
+    tensors-<n>.safetensors  tensors found in the strategy state, if any, as a flat
+                      {name: tensor} safetensors file (a checkpoint of format 1 held them in a
+                      tensors-<n>.pt, which is still read, with torch's weights-only loader)
     trials.jsonl      append-only event log: one JSON object per trial created, result
                       applied or trial cancelled; fsynced before the results are acknowledged
 
@@ -10,8 +11,7 @@
 anything after that (events of a step whose results were never acknowledged
 and whose trials were never published) and replays the rest. So the pair is
 always consistent, and a crash at any point loses nothing that was
-acknowledged. No pickle: numpy arrays travel as tagged lists, tensors through
-torch's weights-only loader.
+acknowledged. No pickle: numpy arrays travel as tagged lists, tensors in safetensors.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from kubenas.errors import KubenasError
 
 STATE = "state.json"
 LOG = "trials.jsonl"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tensors in safetensors (1: torch.save, still readable)
+READABLE_FORMATS = (1, 2)
 
 
 class CheckpointError(KubenasError):
@@ -61,6 +62,16 @@ def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
 def _is_tensor(value: Any) -> bool:
     torch = sys.modules.get("torch")  # no torch loaded: no tensors can exist
     return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _load_tensors(path: Path) -> dict[str, Any]:
+    if path.suffix == ".pt":  # format 1, written before safetensors: torch's weights-only loader
+        import torch
+
+        return torch.load(path, map_location="cpu", weights_only=True)
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device="cpu")
 
 
 def dumps_state(state: Any, tensors: dict[str, Any]) -> bytes:
@@ -147,17 +158,16 @@ class Checkpoint:
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{self.state_path}: unreadable checkpoint ({exc}); move the directory "
                                   "away to start the search afresh") from None
-        if not isinstance(head, dict) or head.get("format") != FORMAT_VERSION:
-            raise CheckpointError(f"{self.state_path}: not a kubenas controller checkpoint of format {FORMAT_VERSION}")
+        if not isinstance(head, dict) or head.get("format") not in READABLE_FORMATS:
+            raise CheckpointError(f"{self.state_path}: not a kubenas controller checkpoint of format "
+                                  f"{' or '.join(map(str, READABLE_FORMATS))}")
         self.generation = int(head.get("generation", 0))
         tensor_file = head.get("tensors")
         self.tensor_file = tensor_file
         state = head
         if tensor_file:
-            import torch
-
             try:
-                tensors = torch.load(self.dir / tensor_file, map_location="cpu", weights_only=True)
+                tensors = _load_tensors(self.dir / tensor_file)
             except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
                 raise CheckpointError(f"{self.dir / tensor_file}: cannot load tensors ({exc})") from None
             state = loads_state(data, tensors)
@@ -210,12 +220,12 @@ class Checkpoint:
         head = {k: v for k, v in state.items() if k not in ("strategy", "tensors", "generation")}
         head.update(format=FORMAT_VERSION, tensors=None, generation=self.generation)
         if tensors:
-            import torch
+            from safetensors.torch import save_file
 
             self.generation += 1
-            name = f"tensors-{self.generation}.pt"
+            name = f"tensors-{self.generation}.safetensors"
             tmp = self.dir / f".{name}.tmp"
-            torch.save(tensors, tmp)
+            save_file({k: v.clone() for k, v in tensors.items()}, str(tmp))  # clone: no shared storage
             if self.fsync:
                 with open(tmp, "rb") as f:
                     os.fsync(f.fileno())

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from kubenas_controller.checkpoint import Checkpoint, CheckpointError
 
@@ -18,10 +19,10 @@ def test_state_round_trips_with_tensors_and_arrays(tmp_path):
              "log_bytes": 0, "search": "ns/s"}
     ck.save(state)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["state.json", "tensors-1.pt"]
-    # state.json is plain JSON; the tensors file loads with the weights-only (no pickle of objects) loader
+    assert files == ["state.json", "tensors-1.safetensors"]
+    # state.json is plain JSON; the tensors are a safetensors file (no pickle)
     assert json.loads((tmp_path / "state.json").read_text())["strategy"]["weights"] == {"__tensor__": "t0"}
-    assert set(torch.load(tmp_path / "tensors-1.pt", weights_only=True)) == {"t0", "t1"}
+    assert set(load_file(str(tmp_path / "tensors-1.safetensors"))) == {"t0", "t1"}
     loaded = Checkpoint(tmp_path).load()
     assert torch.equal(loaded["strategy"]["weights"], state["strategy"]["weights"])
     assert torch.equal(loaded["strategy"]["nested"][0]["b"], torch.ones(2))
@@ -33,8 +34,15 @@ def test_old_tensor_files_are_removed(tmp_path):
     ck = Checkpoint(tmp_path)
     for i in range(3):
         ck.save({"strategy": {"w": torch.full((2,), float(i))}, "log_bytes": 0})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "tensors-3.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "tensors-3.safetensors"]
     assert Checkpoint(tmp_path).load()["strategy"]["w"].tolist() == [2.0, 2.0]
+
+
+def test_a_format_1_checkpoint_with_torch_save_tensors_still_loads(tmp_path):
+    (tmp_path / "state.json").write_text(json.dumps(
+        {"format": 1, "generation": 1, "tensors": "tensors-1.pt", "log_bytes": 0, "strategy": {"w": {"__tensor__": "t0"}}}))
+    torch.save({"t0": torch.arange(3.0)}, tmp_path / "tensors-1.pt")
+    assert Checkpoint(tmp_path).load()["strategy"]["w"].tolist() == [0.0, 1.0, 2.0]
 
 
 def test_the_log_is_cut_back_to_what_the_state_covers(tmp_path):
