@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("kubenas.commands.export", "write the best model as TorchScript/ONNX for full training"),
     "run": ("kubenas.commands.run", "run an ArchitectureSearch manifest on this machine (embedded Redis, controller, trainers)"),
     "scale": ("kubenas.commands.live", "change the trainers of a running `kubenas run` (its output directory)"),
-    "suspend": ("kubenas.commands.live", "suspend a running `kubenas run`: trainers hand their trials back and stop"),
+    "suspend": ("kubenas.commands.live", "suspend a running `kubenas run`: nothing new starts, running trials finish, then the trainers stop"),
     "resume": ("kubenas.commands.live", "resume a suspended `kubenas run`"),
 }
 
