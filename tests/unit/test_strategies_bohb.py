@@ -14,8 +14,8 @@ from kubenas.errors import InvalidSpec
 from kubenas.spaces import build_space
 from kubenas.strategies import Result, make_strategy
 from kubenas.strategies.bohb import Parzen
-from kubenas.strategies.encoding import Encoding
 from kubenas.strategies.multifidelity import CONTINUE, PROMOTE, STOP
+from tests.unit.test_strategies import synthetic
 
 NB201 = build_space("nasbench201")
 HP_SPACE = build_space({
@@ -28,15 +28,12 @@ HP_SPACE = build_space({
 
 
 def toy(space, seed=7):
-    """Final quality: the weighted share of decisions equal to a hidden target; curves rise towards it."""
-    enc = Encoding(space)
-    rng = random.Random(seed)
-    target = enc.random(rng)
-    weights = [1.0 + rng.random() for _ in target]
+    """Final quality: the weighted share of decisions equal to a hidden target (the strategies'
+    synthetic objective, normalised); curves rise towards it."""
+    reward, total, _ = synthetic(space, seed)
 
     def quality(genotype) -> float:
-        ind = enc.indices(genotype)
-        return sum(w for w, a, b in zip(weights, ind, target) if a == b) / sum(weights)
+        return reward(genotype) / total
 
     def at_epoch(genotype, epoch: int) -> float:
         return quality(genotype) * (1 - 0.5 ** epoch)
