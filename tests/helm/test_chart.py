@@ -23,6 +23,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -472,3 +473,33 @@ def test_uninstall_keeps_the_crd_and_the_key(installed: RunningCluster) -> None:
     assert c.kubectl("get", "clusterrole", "kubenas-operator", check=False).returncode != 0
     get(c, "crd", CRD_NAME)  # crds/: Helm never deletes it (nor the searches with it)
     get(c, "-n", NAMESPACE, "secret", "kubenas-password-key")  # resource-policy: keep
+
+
+def test_dev_images_commands_and_the_install_that_uses_them() -> None:
+    """`./dev images REGISTRY TAG` without a builder prints the build commands for every
+    Dockerfile and a `helm install` whose --set flags really point the chart at them."""
+    env = {**os.environ, "KUBENAS_IMAGES_PRINT": "1"}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "images.sh"), "registry.example.com/ml", "1.2.3"],
+                         capture_output=True, text=True, env=env, timeout=60, check=True).stdout
+    for name, dockerfile in [("operator", "operator/Dockerfile"), ("controller", "controller_image/Dockerfile"),
+                             ("trainer", "trainer_image/Dockerfile")]:
+        ref = f"registry.example.com/ml/kubenas-{name}:1.2.3"
+        for builder in ("docker build", "buildah bud"):
+            assert f"{builder} -f {dockerfile} -t {ref} ." in out
+        assert f"--dockerfile {dockerfile} --destination {ref}" in out
+        assert (ROOT / dockerfile).is_file()
+    sets = re.findall(r"--set (\S+)", out)
+    assert len(sets) == 6
+    docs = render(*[arg for s in sets for arg in ("--set", s)])
+    operator = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert operator["image"] == "registry.example.com/ml/kubenas-operator:1.2.3"
+    env_vars = env_of(operator)
+    assert env_vars["KUBENAS_CONTROLLER_IMAGE"] == "registry.example.com/ml/kubenas-controller:1.2.3"
+    assert env_vars["KUBENAS_TRAINER_IMAGE"] == "registry.example.com/ml/kubenas-trainer:1.2.3"
+
+
+def test_dev_images_refuses_a_bad_registry_or_tag() -> None:
+    for args, field in [(["not a registry"], "REGISTRY"), (["r.example.com", "bad tag!"], "TAG")]:
+        result = subprocess.run(["bash", str(ROOT / "scripts" / "images.sh"), *args], capture_output=True,
+                                text=True, env={**os.environ, "KUBENAS_IMAGES_PRINT": "1"}, timeout=60)
+        assert result.returncode == 2 and field in result.stderr
