@@ -7,10 +7,13 @@
 `generate` appends one row per cell to benchmarks/data/digits-curves.csv (the
 first --cells cells of a seeded shuffle of all 15,625, so any prefix is a
 uniform sample), skipping cells already there; stop it at any time. One
-process, one thread: it shares the machine. `agree` prints Kendall's tau-b
-between the mean of the first half of the seeds and the mean of the second
-half, over all cells and over the better half. The setting is
-kubenas.bench.curves.TASK / TRAINING / SEEDS (see benchmarks/data/README.md).
+process, one thread: it shares the machine. The setting is
+kubenas.bench.curves.TASK / TRAINING / SEEDS (see benchmarks/data/README.md),
+kept beside the table in digits-curves.setting.json; a table is never resumed
+with another setting. `agree` prints Kendall's tau-b between the mean of the
+first half of the seeds and the mean of the second half, over all cells and
+over the better half, and what more seeds per half would give. `pilot`
+evaluates only the last epoch (most of a cell's cost is evaluation).
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ def agree(path: Path) -> dict:
     if len(seeds) >= 4:  # what fewer seeds would give: the mean of seeds {0, 1} against {2, 3}
         four = curves.seed_agreement(val[:, :4])
         out.update(tau_all_4_seeds=four["tau_all"], tau_better_half_4_seeds=four["tau_better_half"])
+    for k in (8, 16):
+        predicted = curves.predicted_agreement(val, k)
+        out[f"predicted_{k}_per_half"] = {key: round(v, 3) for key, v in predicted.items()}
     out.update(median_val_acc=float(np.median(val.mean(1))),
                seed_sd=float(val.std(1, ddof=1).mean()),
                seconds_per_cell=float(np.mean([float(r["seconds"]) for r in rows])))
@@ -73,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(curves.TRAINING, **json.loads(args.training))
     path = args.table if args.table != DEFAULT_TABLE else Path("/tmp/kubenas-pilot.csv")
     log(f"pilot {json.dumps(curves.settings(task, cfg, list(range(args.seeds))))} -> {path}")
-    curves.generate(path, args.cells, task, cfg, list(range(args.seeds)), log=log, device=args.device)
+    curves.generate(path, args.cells, task, cfg, list(range(args.seeds)), log=log, device=args.device,
+                    every_epoch=False)
     print(json.dumps(agree(path), indent=1))
     return 0
 

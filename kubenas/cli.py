@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "describe": ("kubenas.commands.genotypes", "validate a genotype; print its hash, parameters and multiply-adds"),
     "train": ("kubenas.commands.train", "train a genotype briefly (the proxy task) and print its validation accuracy"),
     "export": ("kubenas.commands.export", "write the best model as TorchScript/ONNX for full training"),
+    "latency-table": ("kubenas.commands.latency", "time a search space's operations on this device (a latency lookup table, JSON)"),
     "run": ("kubenas.commands.run", "run an ArchitectureSearch manifest on this machine (embedded Redis, controller, trainers)"),
     "scale": ("kubenas.commands.live", "change the trainers of a running `kubenas run` (its output directory)"),
     "suspend": ("kubenas.commands.live", "suspend a running `kubenas run`: nothing new starts, running trials finish, then the trainers stop"),
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Only the chosen command's module is imported (and so only it may load torch).
     if not argv or argv[0] not in COMMANDS:
-        listing = "\n".join(f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items())
+        listing = "\n".join(f"  {name:<14} {help_text}" for name, (_, help_text) in COMMANDS.items())
         print(f"usage: kubenas COMMAND [ARGS]\n\nKubernetes-native neural architecture search.\n\ncommands:\n{listing}\n\n"
               "kubenas COMMAND --help shows a command's options.", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):

@@ -357,7 +357,7 @@ def openapi_schema() -> dict[str, Any]:
 def printer_columns() -> list[dict[str, Any]]:
     """`kubectl get archsearch` shows Phase, Trials, Best, Age; -o wide adds the rest (priority 1)."""
     return [
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Pending, Running, Suspended, Succeeded or Failed"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Pending, Searching, FinalTraining, Suspended, Succeeded or Failed"},
         {"name": "Trials", "type": "integer", "jsonPath": ".status.trials.total", "description": "Trials handed out so far"},
         {"name": "Best", "type": "number", "jsonPath": ".status.bestReward", "description": "Best reward so far"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -368,6 +368,8 @@ def printer_columns() -> list[dict[str, Any]]:
         {"name": "Strategy", "type": "string", "jsonPath": ".spec.strategy.algorithm", "priority": 1},
         {"name": "Space", "type": "string", "jsonPath": ".spec.searchSpace.type", "priority": 1},
         {"name": "Best-Trial", "type": "string", "jsonPath": ".status.bestTrial", "priority": 1},
+        {"name": "Front", "type": "integer", "jsonPath": ".status.paretoFrontSize", "priority": 1,
+         "description": "Several objectives: trials on the Pareto front"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.finishReason", "priority": 1, "description": "Why the search finished"},
     ]
 

@@ -22,6 +22,13 @@ TorchScript-based one (deprecated since torch 2.9).
 Both files are inference graphs (batch norm uses running statistics, no drop
 path, no auxiliary head); to train, rebuild the network from model.json:
 `build_model(meta["genotype"], ModelConfig(**meta["model_config"]))`.
+
+Trained weights (the final stage, `kubenas export --weights`): the network's state
+dict in model.safetensors, with model.json's description in the file's metadata, so
+the file alone rebuilds the network. A trained export carries its input normalisation
+inside the graphs (`Normalised`): it takes images as they come (float NCHW in the
+dataset's own units, e.g. RGB in [0, 1], any batch size), and model.json records the
+mean, std, resolution and class names.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import logging
 import math
 import re
 import warnings
@@ -51,6 +59,8 @@ DEFAULT_SIZE = {"nasnet": (6, 32), "darts": (6, 36), "nasbench201": (5, 16)}
 ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15  # EfficientNet's depth, width, resolution bases
 WIDTH_DIVISOR = 4
 TORCHSCRIPT_FILE, ONNX_FILE, METADATA_FILE = "model.torchscript.pt", "model.onnx", "model.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_METADATA_KEY = "kubenas"  # model.json's description, in the safetensors file's metadata
 GENOTYPE_FILE = "best_genotype.json"
 
 
@@ -164,10 +174,19 @@ def resolve_source(source: str, results_root: str | Path = "results") -> Path | 
 @contextmanager
 def _quiet():
     """torch.jit and the ONNX exporters warn about their own deprecations and constant
-    folding; the export either works (and is checked) or fails with its error."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    folding, and onnxscript logs its graph rewrites at INFO; the export either works (and is
+    checked) or fails with its error."""
+    chatty = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in chatty]
+    for logger in chatty:
+        logger.setLevel(max(logger.level, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(chatty, levels):
+            logger.setLevel(level)
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -265,6 +284,113 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, expor
     return info
 
 
+# --- trained weights and the input normalisation --------------------------------------
+
+class Normalised(nn.Module):
+    """The network behind its own input normalisation: images as they come (float NCHW in the
+    dataset's units, any batch size) are normalised with the training set's mean and std."""
+
+    def __init__(self, network: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network((images - self.mean) / self.std)
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | Path, description: dict[str, Any]) -> None:
+    """The state dict as safetensors (contiguous CPU copies), with `description` as JSON in its metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    save_file(tensors, str(path), metadata={WEIGHTS_METADATA_KEY: json.dumps(description, sort_keys=True)})
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(the tensors, the description kubenas wrote into the file; {} for a file of other origin)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(WEIGHTS_METADATA_KEY)
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise KubenasError(f"--weights: {path} is not a readable safetensors file: {exc}") from None
+    try:
+        description = json.loads(text) if text else {}
+    except ValueError:
+        description = {}
+    return tensors, description if isinstance(description, dict) else {}
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load exactly the network's weights; a KubenasError naming what does not fit otherwise."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    wrong = [f"{k} {got[k]} vs {expected[k]}" for k in expected if k in got and got[k] != expected[k]]
+    if missing or unexpected or wrong:
+        raise KubenasError(f"--weights: {source} does not fit this network (N, F, classes, auxiliary head and the "
+                           f"genotype must be those it was trained with): missing {missing[:3]}, unexpected "
+                           f"{unexpected[:3]}, other shapes {wrong[:3]}")
+    model.load_state_dict(state, strict=True)
+
+
+def preprocessing(mean: list[float] | None, std: list[float] | None, input_shape: tuple[int, int, int],
+                  class_names: list[str] | None, value_range: tuple[float, float] | None) -> dict[str, Any]:
+    """model.json's account of what the model takes: it normalises inside itself."""
+    c, h, w = input_shape
+    inside = mean is not None and std is not None
+    return {
+        "input": f"float32 tensor N x {c} x {h} x {w} (NCHW), any batch size N",
+        "value_range": list(value_range) if value_range else None,
+        "normalisation_inside_model": inside,
+        "mean": list(mean) if inside else None,
+        "std": list(std) if inside else None,
+        "resolution": [h, w],
+        "class_names": list(class_names) if class_names else None,
+        "note": ("give images as they come (no mean/std subtraction: the model does it)" if inside else
+                 "the dataset recorded no normalisation: give images normalised as in training"),
+    }
+
+
+def trained_options(path: str | Path, genotype: dict, cells: int | None = None, channels: int | None = None,
+                    phi: float = 0.0, num_classes: int | None = None,
+                    input_shape: tuple[int, int, int] | None = None) -> tuple[Size, dict[str, Any]]:
+    """The size and `export` arguments for trained weights (`kubenas export --weights`): the network
+    as the weights file describes it (a kubenas export or final model), else as given."""
+    weights, description = read_weights(path)
+    options: dict[str, Any] = {"weights": weights, "weights_source": str(path)}
+    if phi:
+        raise KubenasError("--phi: trained weights cannot be rescaled; leave --phi out with --weights")
+    config = description.get("model_config")
+    if not config:  # a state dict of other origin: the shapes are checked against what is given
+        size = plan_size(genotype, cells, channels, None, 0.0, input_shape or (3, 32, 32))
+        return size, options
+    expected = description.get("architecture_hash")
+    got = space_of(genotype).hash({**genotype, "hparams": {}})
+    if expected and expected != got:
+        raise KubenasError(f"--weights: {path} holds the weights of architecture {expected}, not of this genotype "
+                           f"({got}); give the genotype it was trained with (its model.json holds it)")
+    cfg = ModelConfig(**config)
+    for flag, given, trained in (("--cells", cells, cfg.cells_per_stage), ("--channels", channels, cfg.channels),
+                                 ("--classes", num_classes, cfg.num_classes)):
+        if given is not None and given != trained:
+            raise KubenasError(f"{flag}: {given} is not what {path} was trained with ({trained}); leave it out")
+    shape = tuple(description.get("input_shape") or (cfg.in_channels, 32, 32))
+    if input_shape is not None and tuple(input_shape) != shape and input_shape[0] != cfg.in_channels:
+        raise KubenasError(f"--input: {'x'.join(map(str, input_shape))} has {input_shape[0]} channels; {path} was "
+                           f"trained on {cfg.in_channels}")
+    size = compound_scale(cfg.cells_per_stage, cfg.channels, 0.0, tuple(input_shape or shape))
+    pre = description.get("preprocessing") or {}
+    options.update(model_config=cfg, num_classes=cfg.num_classes, mean=pre.get("mean"), std=pre.get("std"),
+                   class_names=pre.get("class_names"), value_range=pre.get("value_range"))
+    return size, options
+
+
 # --- the whole export ----------------------------------------------------------------
 
 def build(genotype: dict, size: Size, num_classes: int = 10, auxiliary: bool = False, drop_path: float = 0.0,
@@ -313,12 +439,23 @@ def describe(genotype: dict, size: Size, model: nn.Module, cfg: ModelConfig, see
 
 def export(genotype: dict, output: str | Path, fmt: str, size: Size, num_classes: int = 10,
            auxiliary: bool = False, drop_path: float = 0.0, seed: int = 0, source: str | None = None,
-           onnx_exporter_name: str = "auto") -> dict[str, Any]:
-    """Write the requested formats and model.json under `output`; returns model.json's content."""
+           onnx_exporter_name: str = "auto", weights: dict[str, torch.Tensor] | None = None,
+           weights_source: str = "the weights", model_config: ModelConfig | None = None,
+           mean: list[float] | None = None, std: list[float] | None = None, class_names: list[str] | None = None,
+           value_range: tuple[float, float] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the requested formats and model.json under `output`; returns model.json's content.
+    With `weights` (a trained state dict) the network carries them, model.safetensors is written
+    too, and `mean`/`std` put the input normalisation inside the graphs."""
     if fmt not in FORMATS:
         raise KubenasError(f"--format: {fmt!r} is not accepted; choose one of {list(FORMATS)}")
     genotype = space_of(genotype).validate_architecture(genotype)
-    model, cfg = build(genotype, size, num_classes, auxiliary, drop_path, seed)
+    if model_config is not None:  # exactly the trained network's configuration
+        cfg = model_config
+        model = build_model(genotype, cfg).eval()
+    else:
+        model, cfg = build(genotype, size, num_classes, auxiliary, drop_path, seed)
+    if weights is not None:
+        load_weights(model, weights, weights_source)
     try:
         meta = describe(genotype, size, model, cfg, seed)  # runs the network once
     except RuntimeError as exc:
@@ -326,6 +463,10 @@ def export(genotype: dict, output: str | Path, fmt: str, size: Size, num_classes
         raise KubenasError(f"--input: the network cannot run on {shape}: {str(exc).splitlines()[0]}") from None
     if source is not None:
         meta["source"] = str(source)
+    meta["weights"] = "trained" if weights is not None else f"untrained (initial weights from seed {seed})"
+    meta["preprocessing"] = preprocessing(mean, std, size.input_shape, class_names, value_range)
+    meta.update(extra or {})
+    graph: nn.Module = Normalised(model, mean, std).eval() if mean is not None and std is not None else model
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise KubenasError(f"--output: {out} exists and is not a directory")
@@ -336,15 +477,18 @@ def export(genotype: dict, output: str | Path, fmt: str, size: Size, num_classes
     embedded = json.dumps(meta, sort_keys=True)
     example = torch.randn(2, *size.input_shape)
     meta["files"] = {}
+    if weights is not None:
+        save_weights(model.state_dict(), out / WEIGHTS_FILE, meta)
+        meta["files"]["safetensors"] = WEIGHTS_FILE
     if fmt in ("torchscript", "both"):
-        diff = export_torchscript(model, example, out / TORCHSCRIPT_FILE, {METADATA_FILE: embedded})
+        diff = export_torchscript(graph, example, out / TORCHSCRIPT_FILE, {METADATA_FILE: embedded})
         if not diff <= 1e-4:
             raise KubenasError(f"TorchScript check failed: reloaded logits differ from the model's by {diff:.3g}")
         meta["files"]["torchscript"] = TORCHSCRIPT_FILE
         meta["torchscript"] = {"method": "torch.jit.trace in eval mode", "reload_max_abs_diff": diff}
     if fmt in ("onnx", "both"):
         try:
-            meta["onnx"] = export_onnx(model, example, out / ONNX_FILE, onnx_exporter_name, {"kubenas": embedded})
+            meta["onnx"] = export_onnx(graph, example, out / ONNX_FILE, onnx_exporter_name, {"kubenas": embedded})
         except KubenasError as exc:
             if not meta["files"]:
                 raise

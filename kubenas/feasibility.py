@@ -15,7 +15,8 @@ from kubenas.spec import ArchitectureSearchSpec
 
 # (input channels, classes) of each dataset; an npz file's are unknown until it is read,
 # so the smallest possible (1, 2) keeps the bound below every real network.
-DATASET_SHAPES = {"digits": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100), "npz": (1, 2)}
+DATASET_SHAPES = {"digits": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100), "npz": (1, 2),
+                  "imagefolder": (3, 2)}
 
 
 def smallest_network_parameters(spec: ArchitectureSearchSpec) -> int:
@@ -32,7 +33,9 @@ def smallest_network_parameters(spec: ArchitectureSearchSpec) -> int:
     in_channels, classes = DATASET_SHAPES[spec.training.dataset.name]
     if spec.search_space.type == "nasbench201":
         return 9 * in_channels * c + 280 * c * c + 4 * c * classes + classes
-    return 9 * in_channels * 3 * c + (21 * n + 20) * c * c + 4 * c * classes + classes
+    # The imagenet skeleton's stem has 32 filters (kubenas/nn/networks.py), not 3F.
+    stem = 32 if spec.training.skeleton == "imagenet" else 3 * c
+    return 9 * in_channels * min(stem, 3 * c) + (21 * n + 20) * c * c + 4 * c * classes + classes
 
 
 def check_feasible(spec: ArchitectureSearchSpec) -> None:

@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from kubenas.errors import InvalidSpec
+from kubenas.files import read_bounded
 from kubenas.spec import API_VERSION, KIND, ArchitectureSearch
 
 MAX_BYTES = 1 << 20  # 1 MiB: the largest manifest the API server stores is about that (etcd's limit)
@@ -99,12 +100,10 @@ def read_yaml_documents(path: Path) -> list[Any]:
         if size > MAX_BYTES:
             raise InvalidSpec(f"{source}: is {size / (1 << 20):.1f} MiB; a manifest may be at most "
                               f"{MAX_BYTES >> 20} MiB")
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)  # bounded even for pipes and devices, whose size says 0
     except OSError as exc:
         raise InvalidSpec(f"{source}: cannot read it: {exc.strerror or exc}") from None
-    if len(data) > MAX_BYTES:
-        raise InvalidSpec(f"{source}: is larger than {MAX_BYTES >> 20} MiB, the most a manifest may be")
+    data = read_bounded(path, MAX_BYTES, source, hint=f"a manifest may be at most {MAX_BYTES >> 20} MiB",
+                        error=InvalidSpec)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

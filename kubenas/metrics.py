@@ -52,6 +52,12 @@ TRIALS_IN_FLIGHT = Gauge(
     "kubenas_trials", "Trials in flight, by state: pending (queued) or running (a trainer holds it).",
     [SEARCH, "state"])
 BEST_REWARD = Gauge("kubenas_best_reward", "The best reward of the search so far.", [SEARCH])
+PARETO_HYPERVOLUME = Gauge(
+    "kubenas_pareto_hypervolume",
+    "The Pareto front's hypervolume: several objectives, costs scaled by the largest seen, reference accuracy 0 "
+    "and scaled cost 1; one objective, the best reward (above 0). Never falls.", [SEARCH])
+PARETO_FRONT_SIZE = Gauge("kubenas_pareto_front_size",
+                          "Trials on the Pareto front (one objective: 1, the best trial).", [SEARCH])
 SEARCH_FINISHED = Gauge("kubenas_search_finished", "1 once the search has finished.", [SEARCH])
 APPLY_SECONDS = Histogram(
     "kubenas_apply_seconds",
@@ -165,7 +171,26 @@ POLICY_ENTROPY = Gauge(
     "kubenas_controller_policy_entropy",
     "Controller, RL strategies (ppo, reinforce): mean entropy in nats of the policy's last sampled batch.",
     [SEARCH])
+# One-shot searches (enas, darts, spos): the controller relays what the supernet's rank 0
+# writes to the artifact store every epoch (ARTIFACTS/supernet/epoch-<e>.json), so the same
+# numbers reach Prometheus locally and in a cluster without a port on the workers.
+SUPERNET_EPOCH = Gauge(
+    "kubenas_supernet_epoch", "Controller, one-shot searches: supernet epochs checkpointed so far.", [SEARCH])
+SUPERNET_EPOCHS = Gauge(
+    "kubenas_supernet_epochs", "Controller, one-shot searches: the supernet's epochs in all.", [SEARCH])
+SUPERNET_LOSS = Gauge(
+    "kubenas_supernet_loss", "Controller, one-shot searches: the supernet's loss of its last epoch, by split "
+    "(train, validation).", [SEARCH, "split"])
+SUPERNET_ACCURACY = Gauge(
+    "kubenas_supernet_accuracy", "Controller, one-shot searches: the supernet's accuracy of its last epoch, by "
+    "split (train, validation).", [SEARCH, "split"])
+SUPERNET_ARCH_ENTROPY = Gauge(
+    "kubenas_supernet_architecture_entropy",
+    "Controller, one-shot searches: entropy in nats of the architecture distribution after the last epoch "
+    "(darts: mean over edges of the softmax over operations; enas: the policy's, summed over its decisions). "
+    "Falling means it decides.",
+    [SEARCH])
 SEARCH_PHASE = Gauge(
     "kubenas_search_phase",
-    "Operator: 1 for the search's current phase (Pending, Running, Suspended, Succeeded, Failed), 0 for the others.",
+    "Operator: 1 for the search's current phase (Pending, Searching, FinalTraining, Suspended, Succeeded, Failed), 0 for the others.",
     [SEARCH, "phase"])

@@ -4,9 +4,12 @@ The controller process wires it to the outside. Every change of the trials'
 fate is an *event* (a JSON-safe dict), and one function applies events:
 
     {"e": "trial",  "id", "genotype", "fidelity", "hash", "created"}   a trial was created
-                    (+ "parent", "warmStart" when it starts from another's weights)
+                    (+ "parent", "warmStart" when it starts from another's weights,
+                     "scheduleEpochs", "scheduleStart" when it continues a longer LR schedule)
     {"e": "result", "id", "status", "reward", ...}                      its result was applied
     {"e": "cancel", "id", "reason"}                                      it was withdrawn for good
+    {"e": "finalStage" | "finalModel", ...}, and trials and results marked "final": true
+                    the final stage (spec.final; kubenas/final_stage.py), counted apart
 
 Live operation records each event (applies it and keeps it for the next
 checkpoint); a restart replays the checkpointed log through the same function,
@@ -27,8 +30,11 @@ import collections
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from kubenas.final_stage import Candidate, FinalStage, Leaderboard, final_trial_ids
+from kubenas.objectives import Objectives
+from kubenas.pareto_archive import ParetoArchive
 from kubenas.queue.messages import ProgressMessage, ResultMessage, TrialMessage
-from kubenas.spec import BudgetSpec, RecentTrial, SearchSummary, TrialCounts
+from kubenas.spec import BudgetSpec, FinalModel, RecentTrial, SearchSummary, TrialCounts
 from kubenas.strategies.base import Trial
 
 RECENT = 10  # trials in the summary's recent history
@@ -53,6 +59,11 @@ class InFlight:
     attempt: int = 0
     epoch: int = 0
     acknowledged_since: Optional[float] = None  # its entry was acknowledged, no result seen yet
+    genotype_hash: Optional[str] = None
+
+    @property
+    def final(self) -> bool:
+        return self.message.final
 
     @property
     def trial_id(self) -> str:
@@ -98,13 +109,15 @@ class Verdict:
 
 
 MakeMessage = Callable[[Trial, float], TrialMessage]
+MakeFinalMessage = Callable[[dict], TrialMessage]  # a final trial's message from its event
 
 
 class SearchState:
     """The tally, the trials in flight, the finish rules and the live budget of one search."""
 
     def __init__(self, budget: BudgetSpec, make_message: MakeMessage, target: Optional[float] = None,
-                 prefetch: Optional[int] = None, suspended: bool = False):
+                 prefetch: Optional[int] = None, suspended: bool = False, final_top_k: Optional[int] = None,
+                 make_final_message: Optional[MakeFinalMessage] = None, objectives: Optional[Objectives] = None):
         self.budget = budget
         self.suspended = suspended
         self.target = target
@@ -118,22 +131,59 @@ class SearchState:
         self.finishing: Optional[str] = None
         self.finished = False
         self.unsaved: list[dict] = []  # events recorded since the last checkpoint
+        # The final stage (spec.final): None when the spec has none; its candidates come from the
+        # leaderboard, kept from every result (replayed too), so a restart rebuilds it.
+        self.final_top_k = final_top_k
+        self.make_final_message = make_final_message
+        self.leaderboard = Leaderboard(final_top_k or 0)
+        self.final: Optional[FinalStage] = None
+        # Several objectives: the non-dominated trials (bounded), rebuilt from the results on replay.
+        self.pareto = ParetoArchive(objectives) if objectives is not None and objectives.is_multi else None
 
     # --- events -------------------------------------------------------------------------
     def apply(self, event: dict) -> None:
         """The one place events change the state (live and replayed alike)."""
         kind, trial_id = event.get("e"), event.get("id")
-        if kind == "trial":
+        if kind == "trial" and event.get("final"):  # the final stage's: not counted against the budget
+            assert self.make_final_message is not None, "a final trial in the log of a search without spec.final"
+            self.inflight[trial_id] = InFlight(self.make_final_message(event), genotype_hash=event.get("hash"))
+        elif kind == "trial":
             self.tally.created += 1
             trial = Trial(trial_id, event["genotype"], event.get("fidelity"), parent_id=event.get("parent"),
-                          warm_start=event.get("warmStart"))
-            self.inflight[trial_id] = InFlight(self.make_message(trial, event.get("created", 0.0)))
+                          warm_start=event.get("warmStart"), schedule_epochs=event.get("scheduleEpochs"),
+                          schedule_start=event.get("scheduleStart", 0))
+            self.inflight[trial_id] = InFlight(self.make_message(trial, event.get("created", 0.0)),
+                                               genotype_hash=event.get("hash"))
+        elif kind == "result" and event.get("final"):
+            self._forget(trial_id)
+            if self.final is not None:
+                self.final.note_result(event)
         elif kind == "result":
             flight = self._forget(trial_id)
-            self._count(event, flight.message.genotype if flight else event.get("genotype"))
+            genotype = flight.message.genotype if flight else event.get("genotype")
+            self._count(event, genotype)
+            if event["status"] == "succeeded" and flight is not None:
+                self.leaderboard.note(trial_id, flight.genotype_hash, genotype, event.get("reward"))
+            if event["status"] == "succeeded" and self.pareto is not None:
+                self.pareto.note(trial_id, event.get("accuracy"), event.get("cost"))
         elif kind == "cancel":
-            if self._forget(trial_id) is not None:
+            flight = self._forget(trial_id)
+            if flight is not None and flight.final:
+                if self.final is not None:
+                    self.final.note_cancel(trial_id)
+            elif flight is not None:
                 self.tally.cancelled += 1
+        elif kind in ("finalStage", "finalModel"):
+            # The search had finished: a restart must not apply its finish rules again (they would
+            # count the final trials as the search's and stop them).
+            self.finished, self.finishing = True, self.finishing or event.get("reason") or "Finished"
+            if kind == "finalStage":
+                self.final = FinalStage.begin([Candidate.from_json(c) for c in event["candidates"]])
+            else:
+                if self.final is None:  # skipped: the stage never began
+                    self.final = FinalStage()
+                model = event.get("model")
+                self.final.end(FinalModel.model_validate(model) if model else None, event.get("error"))
 
     def record(self, event: dict) -> dict:
         """Apply a live event and keep it for the next checkpoint."""
@@ -168,12 +218,23 @@ class SearchState:
                  "hash": genotype_hash, "created": now}
         if trial.parent_id is not None:  # starts from that trial's weights
             event.update(parent=trial.parent_id, warmStart=trial.warm_start)
+        if trial.schedule_epochs is not None:  # part of a longer learning-rate schedule (PBT)
+            event.update(scheduleEpochs=trial.schedule_epochs, scheduleStart=trial.schedule_start)
         self.record(event)
         return self.inflight[trial.id]
 
     def apply_result(self, msg: ResultMessage, verdict: Verdict, reward: Optional[float], now: float) -> dict:
         flight = self.pending(msg.trial_id)
         created = flight.message.created if flight else None
+        if flight is not None and flight.final:
+            return self.record({
+                "e": "result", "final": True, "id": msg.trial_id, "status": verdict.status, "outcome": msg.status,
+                "reward": verdict.accuracy, "accuracy": verdict.accuracy, "test_accuracy": msg.test_accuracy,
+                "test_images": msg.test_images, "export_path": msg.export_path, "curve": list(msg.curve),
+                "cost": dict(msg.cost), "epochs": msg.epochs, "error": verdict.error, "trainer": msg.trainer,
+                "attempt": msg.attempt, "device": msg.device, "resumed_from_epoch": msg.resumed_from_epoch,
+                "attempts": msg.attempts, "created": created, "started": msg.started, "finished": msg.finished,
+                "applied": now})
         return self.record({
             "e": "result", "id": msg.trial_id, "status": verdict.status, "outcome": msg.status, "reward": reward,
             "accuracy": verdict.accuracy, "curve": list(msg.curve), "cost": dict(msg.cost), "epochs": msg.epochs,
@@ -289,14 +350,51 @@ class SearchState:
             self.finished = True
         return cancelled, to_stop
 
+    # --- the final stage ----------------------------------------------------------------
+    @property
+    def in_final_stage(self) -> bool:
+        """The search has finished and its final stage has not ended yet."""
+        return self.finished and self.final_top_k is not None and not (self.final is not None and self.final.ended)
+
+    @property
+    def done(self) -> bool:
+        """Nothing is left to do: the search finished, and its final stage too if it has one."""
+        return self.finished and not self.in_final_stage
+
+    def begin_final_stage(self, now: float) -> list[InFlight]:
+        """Record the stage's candidates (the leaderboard's top-k) and create their final trials."""
+        candidates = self.leaderboard.top(self.final_top_k)
+        self.record({"e": "finalStage", "candidates": [c.to_json() for c in candidates], "reason": self.finishing,
+                     "created": now})
+        flights = []
+        for trial_id, c in zip(final_trial_ids(candidates), candidates):
+            self.record({"e": "trial", "final": True, "id": trial_id, "genotype": c.genotype, "hash": c.genotype_hash,
+                         "source": c.trial_id, "created": now})
+            flights.append(self.inflight[trial_id])
+        return flights
+
+    def end_final_stage(self, model: Optional[FinalModel], error: Optional[str], now: float) -> None:
+        self.record({"e": "finalModel", "model": None if model is None else model.model_dump(mode="json"),
+                     "error": error, "reason": self.finishing, "applied": now})
+
     # --- the summary --------------------------------------------------------------------
     def summary(self, updated: Optional[str] = None, deduplicated: int = 0) -> SearchSummary:
         t = self.tally
-        running = sum(1 for f in self.inflight.values() if f.started is not None)
-        waiting = len(self.inflight) - running + len(self.withdrawn)
+        search_flights = [f for f in list(self.inflight.values()) + list(self.withdrawn.values()) if not f.final]
+        running = sum(1 for f in search_flights if f.started is not None and f.trial_id in self.inflight)
+        waiting = len(search_flights) - running
+        final, final_counts = self.final, None
+        if final is not None:
+            final_counts = final.counts(running=sum(1 for f in self.inflight.values() if f.final and f.started))
         return SearchSummary(
             trials=TrialCounts(total=t.total, pending=waiting, running=running, succeeded=t.succeeded,
                                failed=t.failed, stopped=t.stopped, deduplicated=deduplicated),
             best_reward=t.best_reward, best_trial=t.best_trial, best_genotype=t.best_genotype,
-            finished=self.finished, finish_reason=self.finishing if self.finished else None,
-            updated=updated, recent=list(t.recent))
+            finished=self.done, finish_reason=self.finishing if self.finished else None,
+            stage="finalTraining" if self.finished and self.final_top_k is not None else "searching",
+            final_trials=final_counts, final_model=final.model if final else None,
+            final_error=final.error if final else None,
+            updated=updated, recent=list(t.recent),
+            **({} if self.pareto is None else dict(pareto_front=self.pareto.status_members(),
+                                                   pareto_front_size=self.pareto.size,
+                                                   hypervolume=self.pareto.hypervolume())))

@@ -22,29 +22,80 @@ PLURAL = "architecturesearches"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 # The strategy registry must offer exactly these (a test checks it).
-STRATEGY_NAMES = ("random", "ppo", "reinforce", "evolution", "local-search", "tpe", "gp-bo", "bohb", "pbt")
+STRATEGY_NAMES = ("random", "ppo", "reinforce", "evolution", "local-search", "tpe", "gp-bo", "bohb", "pbt", "enas", "darts", "spos",
+                  "nsga2", "parego")
+# The strategies that can optimise several objective.metrics at once (the others learn from one number).
+MULTI_OBJECTIVE_STRATEGIES = ("random", "evolution", "local-search", "nsga2", "parego")
 # The parameters each strategy accepts, with their JSON types: the CRD refuses an
-# unknown name or a wrong type at admission, and so does `kubenas run`.
+# unknown name or a wrong type at admission, and so does `kubenas run`. Names are
+# camelCase like the rest of the manifest; strategy_keyword_arguments() turns them into
+# the constructors' snake_case keywords (generically, so a new entry needs nothing else).
 # tests/unit/test_spec_models.py checks this table against the strategies' constructors.
 STRATEGY_PARAMETERS: dict[str, dict[str, str]] = {
     "random": {},
-    "evolution": {"population": "integer", "sample": "integer", "inherit_weights": "boolean"},
-    "local-search": {"initial": "integer", "inherit_weights": "boolean"},
-    "tpe": {"multivariate": "boolean", "group": "boolean", "n_startup_trials": "integer",
-            "n_ei_candidates": "integer", "constant_liar": "boolean"},
+    "evolution": {"population": "integer", "sample": "integer", "inheritWeights": "boolean"},
+    "local-search": {"initial": "integer", "inheritWeights": "boolean"},
+    "tpe": {"multivariate": "boolean", "group": "boolean", "nStartupTrials": "integer",
+            "nEiCandidates": "integer", "constantLiar": "boolean"},
     "ppo": {"clip": "number", "epochs": "integer", "hidden": "integer", "lr": "number",
-            "entropy_weight": "number", "baseline_decay": "number", "batch": "integer"},
-    "reinforce": {"hidden": "integer", "lr": "number", "entropy_weight": "number",
-                  "baseline_decay": "number", "batch": "integer"},
+            "entropyWeight": "number", "baselineDecay": "number", "batch": "integer"},
+    "reinforce": {"hidden": "integer", "lr": "number", "entropyWeight": "number",
+                  "baselineDecay": "number", "batch": "integer"},
     "gp-bo": {"initial": "integer", "acquisition": "string", "beta": "number", "warp": "string",
-              "ceiling": "number", "ard": "string", "additive": "boolean", "exhaustive_limit": "integer",
-              "candidates": "integer", "refit_every": "integer", "believer": "boolean"},
-    "bohb": {"max_epochs": "integer", "min_epochs": "integer", "eta": "integer", "brackets": "integer",
-             "random_fraction": "number", "min_points": "integer", "top_fraction": "number", "samples": "integer",
-             "bandwidth_factor": "number", "min_bandwidth": "number"},
-    "pbt": {"population": "integer", "perturbation_interval": "integer", "max_epochs": "integer",
-            "quantile_fraction": "number", "resample_probability": "number", "burn_in_period": "integer"},
+              "ceiling": "number", "ard": "string", "additive": "boolean", "exhaustiveLimit": "integer",
+              "candidates": "integer", "refitEvery": "integer", "believer": "boolean"},
+    "bohb": {"maxEpochs": "integer", "minEpochs": "integer", "eta": "integer", "brackets": "integer",
+             "randomFraction": "number", "minPoints": "integer", "topFraction": "number", "samples": "integer",
+             "bandwidthFactor": "number", "minBandwidth": "number"},
+    "pbt": {"population": "integer", "perturbationInterval": "integer", "maxEpochs": "integer",
+            "quantileFraction": "number", "resampleProbability": "number", "burnInPeriod": "integer"},
+    "nsga2": {"population": "integer", "mutationProbability": "number", "crossoverProbability": "number",
+              "swappingProbability": "number"},
+    "parego": {"initial": "integer", "acquisition": "string", "beta": "number", "warp": "string",
+               "ceiling": "number", "ard": "string", "additive": "boolean", "exhaustiveLimit": "integer",
+               "candidates": "integer", "refitEvery": "integer", "believer": "boolean", "rho": "number"},
+    # One-shot: the supernet worker's parameters (kubenas/oneshot/parameters.py, which must match).
+    "enas": {"topK": "integer", "supernetEpochs": "integer", "calibrationBatches": "integer",
+             "policySteps": "integer", "policySamples": "integer", "policyLearningRate": "number",
+             "entropyWeight": "number", "baselineDecay": "number", "hidden": "integer"},
+    "darts": {"topK": "integer", "supernetEpochs": "integer", "calibrationBatches": "integer",
+              "order": "integer", "archLearningRate": "number", "archWeightDecay": "number",
+              "maxSkips": "integer"},
+    "spos": {"topK": "integer", "supernetEpochs": "integer", "calibrationBatches": "integer",
+             "evolutionPopulation": "integer", "evolutionCycles": "integer", "mutationProbability": "number"},
 }
+_UPPER = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def strategy_keyword(name: str) -> str:
+    """A manifest's parameter name as the strategy's keyword argument: nStartupTrials -> n_startup_trials."""
+    return _UPPER.sub(r"_\1", name).lower()
+
+
+def strategy_parameter_name(keyword: str) -> str:
+    """A strategy's keyword argument as the manifest spells it: n_startup_trials -> nStartupTrials."""
+    head, *rest = keyword.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def strategy_keyword_arguments(parameters: dict[str, Any]) -> dict[str, Any]:
+    """strategy.parameters (camelCase, as validated) -> the strategy constructor's keyword arguments."""
+    return {strategy_keyword(name): value for name, value in parameters.items()}
+
+
+def camel_case_hint(name: str, accepted: Any) -> Optional[str]:
+    """The accepted camelCase name that `name` spells in snake_case (inherit_weights -> inheritWeights), if any."""
+    camel = strategy_parameter_name(name)
+    return camel if camel != name and camel in accepted else None
+
+
+def unknown_strategy_parameter(algorithm: str, name: str, accepted: Any) -> str:
+    """Why `name` is refused for `algorithm`, with a hint when it is a snake_case spelling of an accepted name."""
+    camel = camel_case_hint(name, accepted)
+    if camel:
+        return f"strategy.parameters.{name}: did you mean {camel}? (parameter names are camelCase)"
+    return (f"strategy.parameters.{name}: {algorithm} has no parameter {name!r}; "
+            f"accepted: {sorted(accepted) or 'none'}")
 # A field marked so (json_schema_extra) cannot change once the search exists: kubenas/crd.py
 # turns the mark into a CEL transition rule. What a running search is built from is
 # immutable; the budget, suspend and the pod settings stay editable.
@@ -141,8 +192,7 @@ class StrategySpec(SpecModel):
         accepted = STRATEGY_PARAMETERS.get(self.algorithm, {})
         for name, value in self.parameters.items():
             if name not in accepted:
-                raise ValueError(f"strategy.parameters.{name}: {self.algorithm} has no parameter {name!r}; "
-                                 f"accepted: {sorted(accepted) or 'none'}")
+                raise ValueError(unknown_strategy_parameter(self.algorithm, name, accepted))
             if not _has_json_type(value, accepted[name]):
                 raise ValueError(f"strategy.parameters.{name}: {value!r} is not accepted; "
                                  f"{self.algorithm} wants {_A[accepted[name]]}")
@@ -178,12 +228,86 @@ class CostPenaltySpec(SpecModel):
     weight: float = Field(default=-0.07, ge=-1, le=0, description="w in MnasNet; -0.07 there.")
 
 
+_GOAL_OF_METRIC = (
+    "self.goal == (self.name == 'validationAccuracy' ? 'maximize' : 'minimize')",
+    "objective.metrics: validationAccuracy can only be maximized; parameters, multiplyAdds, latency and "
+    "trainingSeconds only minimized")
+_METRICS_ONCE = ("!has(self.metrics) || self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))",
+                 "objective.metrics: each metric may be named once")
+_METRICS_OR_PENALTY = (
+    "!has(self.metrics) || size(self.metrics) <= 1 || !has(self.costPenalty)",
+    "objective.costPenalty: cannot be combined with several objective.metrics (the front already trades "
+    "accuracy for cost); drop one of them")
+
+
+class MetricSpec(SpecModel):
+    """One objective of a multi-objective search (kubenas.objectives.METRIC_GOALS)."""
+
+    name: Literal["validationAccuracy", "parameters", "multiplyAdds", "latency", "trainingSeconds"] = Field(
+        description="validationAccuracy (maximize); parameters, multiplyAdds, latency (seconds per image on the "
+                    "trainer's device), trainingSeconds (minimize).")
+    goal: Literal["maximize", "minimize"] = Field(description="maximize for validationAccuracy, minimize for the others.")
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(_GOAL_OF_METRIC))
+
+    @model_validator(mode="after")
+    def _goal_of_the_metric(self) -> "MetricSpec":
+        from kubenas.objectives import METRIC_GOALS
+
+        if self.goal != METRIC_GOALS[self.name]:
+            raise ValueError(f"objective.metrics: {self.name} can only be {METRIC_GOALS[self.name]}d, not {self.goal}d")
+        return self
+
+
+class LatencySpec(SpecModel):
+    """Where latency comes from: a lookup table made on the target device (`kubenas latency-table`)."""
+
+    table: str = Field(
+        min_length=1, max_length=4096,
+        description="Path of the JSON table, readable by the controller (locally: relative to the working "
+                    "directory). Latency is then the table's prediction for the device it was made on, "
+                    "whatever device the trainers have, instead of being measured on the trainer.")
+
+
 class ObjectiveSpec(SpecModel):
     metric: Literal["validationAccuracy"] = "validationAccuracy"
     goal: Literal["maximize"] = "maximize"
+    metrics: Optional[list[MetricSpec]] = Field(
+        default=None, min_length=1, max_length=4,
+        description="Several objectives (at most 4): the search keeps the Pareto front of them, e.g. "
+                    "[{name: validationAccuracy, goal: maximize}, {name: parameters, goal: minimize}]. "
+                    "Replaces metric and goal; strategy.algorithm random, evolution, local-search, nsga2 or parego.")
     target: Optional[float] = Field(default=None, ge=0, le=1, description="Stop the search once a reward reaches this.")
     constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
     cost_penalty: Optional[CostPenaltySpec] = None
+    latency: Optional[LatencySpec] = Field(
+        default=None, description="Predict latency from a table made on the target device (see latency.table).")
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(_METRICS_ONCE, _METRICS_OR_PENALTY))
+
+    @property
+    def uses_latency(self) -> bool:
+        """Whether latency is an objective or the cost penalty's metric."""
+        return (any(m.name == "latency" for m in self.metrics or [])
+                or (self.cost_penalty is not None and self.cost_penalty.metric == "latencySeconds"))
+
+    @model_validator(mode="after")
+    def _latency_table_needs_latency(self) -> "ObjectiveSpec":
+        if self.latency is not None and not self.uses_latency:
+            raise ValueError("objective.latency: a latency table is used only when latency is one of "
+                             "objective.metrics or costPenalty.metric is latencySeconds; add one or drop it")
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_make_sense(self) -> "ObjectiveSpec":
+        names = [m.name for m in self.metrics or []]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"objective.metrics: {twice[0]} is named {names.count(twice[0])} times; "
+                             "each metric may be named once")
+        if len(names) > 1 and self.cost_penalty is not None:
+            raise ValueError(_METRICS_OR_PENALTY[1])
+        return self
 
 
 class BudgetSpec(SpecModel):
@@ -206,15 +330,87 @@ class BudgetSpec(SpecModel):
         return parse_duration(self.max_duration) if self.max_duration else None
 
 
+# Stride-2 steps of each network skeleton between the input and the classifier (kubenas/nn/networks.py):
+# an input smaller than 2 ** reductions pixels would shrink to nothing.
+SKELETON_REDUCTIONS = {"cifar": 2, "imagenet": 5}
+# Height and width of the fixed datasets' images (imagefolder's is training.dataset.resolution).
+DATASET_RESOLUTIONS = {"digits": 8, "cifar10": 32, "cifar100": 32}
+# Their images before the split (torch-free copy of kubenas/training/datasets.py's; a test compares).
+DATASET_IMAGES = {"digits": 1797, "cifar10": 50_000, "cifar100": 50_000}
+
+
 class DatasetSpec(SpecModel):
-    name: Literal["digits", "cifar10", "cifar100", "npz"] = Field(
-        default="digits", description="digits is bundled with scikit-learn (offline); npz is your own x/y arrays.")
+    name: Literal["digits", "cifar10", "cifar100", "npz", "imagefolder"] = Field(
+        default="digits", description="digits is bundled with scikit-learn (offline); npz is your own x/y arrays; "
+                                      "imagefolder is your own images, one subdirectory per class.")
     root: Optional[str] = Field(
-        default=None, max_length=4096, description="Directory of the torchvision files, or the .npz file (inside the pod).")
+        default=None, max_length=4096,
+        description="Directory of the torchvision files, the .npz file, or the imagefolder directory (inside the "
+                    "pod). imagefolder: either train/ and validation/ (and optionally test/) subdirectories, each "
+                    "with the same class subdirectories, or the class subdirectories themselves (one tree, split "
+                    "by validationFraction and testFraction).")
     download: bool = Field(default=False, description="Download when missing (needs network access from the pods).")
     validation_fraction: float = Field(
-        default=0.2, gt=0, le=0.5, description="The share of the images kept for validation (at most half).")
+        default=0.2, gt=0, le=0.5, description="The share of the images kept for validation (at most half); "
+                                               "imagefolder: only for a single tree (no train/ directory).")
+    test_fraction: float = Field(
+        default=0.0, ge=0, le=0.5,
+        description="imagefolder, single tree: the share of the images held out as the test split (the same "
+                    "images whatever the seed; never trained or validated on). With train/ and validation/ "
+                    "directories the test split is test/.")
     train_subset: Optional[int] = Field(default=None, ge=10, description="Train on only this many images (a cheaper proxy).")
+    resolution: Optional[int] = Field(
+        default=None, ge=4, le=4096,
+        description="imagefolder: images are resized (shorter side) and centre-cropped to this many pixels "
+                    "square (default 32); the other datasets keep their own size.")
+    loader_workers: int = Field(
+        default=0, ge=0, le=64,
+        description="imagefolder read from disk: DataLoader worker processes (0: read in the trainer process).")
+    cache_limit_mib: int = Field(
+        default=1024, ge=0, le=1_048_576, alias="cacheLimitMiB",
+        description="imagefolder: decode the images once and keep them in memory when they take at most this "
+                    "many MiB (as float32); larger datasets are read from disk every epoch (0: never keep them).")
+    mean: Optional[list[float]] = Field(
+        default=None, min_length=1, max_length=3,
+        description="Per-channel mean of the inputs in [0, 1] (default: measured on the training split).")
+    std: Optional[list[float]] = Field(
+        default=None, min_length=1, max_length=3,
+        description="Per-channel standard deviation, each above 0 (default: measured on the training split).")
+
+    @model_validator(mode="after")
+    def _imagefolder_fields(self) -> "DatasetSpec":
+        if self.name != "imagefolder":
+            for name, value in (("resolution", self.resolution), ("testFraction", self.test_fraction or None)):
+                if value is not None:
+                    raise ValueError(f"training.dataset.{name}: only imagefolder accepts it ({self.name} "
+                                     "has its own images and split)")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("training.dataset.mean and training.dataset.std: give both or neither")
+        if self.std is not None and (len(self.std) != len(self.mean or []) or min(self.std) <= 0):
+            raise ValueError(f"training.dataset.std: {self.std} is not accepted; give one value above 0 per "
+                             f"value of training.dataset.mean ({self.mean})")
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError(f"training.dataset.testFraction: {self.test_fraction} with validationFraction "
+                             f"{self.validation_fraction} leaves under a tenth of the images to train on")
+        return self
+
+    @property
+    def image_size(self) -> Optional[int]:
+        """Height and width of the images the networks see (None: an npz, known once read)."""
+        if self.name == "imagefolder":
+            return self.resolution or 32
+        return DATASET_RESOLUTIONS.get(self.name)
+
+
+class AugmentationSpec(SpecModel):
+    """Training-time augmentation (validation and test images are never augmented)."""
+
+    random_crop: bool = Field(default=False, description="Pad by `padding` pixels and crop at a random place.")
+    padding: int = Field(default=4, ge=0, le=256, description="Padding of randomCrop, in pixels.")
+    horizontal_flip: bool = Field(default=False, description="Mirror half of the images (only where that keeps the label).")
+    cutout: int = Field(default=0, ge=0, le=4096,
+                        description="Side in pixels of a square erased at a random place (DeVries & Taylor 2017; "
+                                    "NASNet trained with 16 on CIFAR); 0: off.")
 
 
 class TrainingSpec(SpecModel):
@@ -230,6 +426,47 @@ class TrainingSpec(SpecModel):
     auxiliary_head: bool = False
     seed: int = Field(default=0, ge=0)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    skeleton: Literal["cifar", "imagenet"] = Field(
+        default="cifar", description="The layout around the cells: cifar (a stride-1 stem; for small images) or "
+                                     "imagenet (NASNet's: a stride-2 stem and two reduction cells before the "
+                                     "stages; for 64 pixels and more). NASNet and DARTS spaces only.")
+    augmentation: Optional[AugmentationSpec] = Field(
+        default=None, description="Unset: each dataset's default (digits, npz and CIFAR: random translation by an "
+                                  "eighth of the size, CIFAR also flips; imagefolder: none).")
+
+    @model_validator(mode="after")
+    def _resolution_fits_the_skeleton(self) -> "TrainingSpec":
+        size = self.dataset.image_size
+        smallest = 2 ** SKELETON_REDUCTIONS[self.skeleton]
+        if size is not None and size < smallest:
+            field = "training.dataset.resolution" if self.dataset.name == "imagefolder" else "training.skeleton"
+            raise ValueError(f"{field}: {size}-pixel images of {self.dataset.name} are too small for the "
+                             f"{self.skeleton} skeleton, which halves them {SKELETON_REDUCTIONS[self.skeleton]} "
+                             f"times; it needs at least {smallest} pixels")
+        return self
+
+
+class FinalSpec(SpecModel):
+    """The final stage: once the search ends, its best architectures (distinct by canonical hash)
+    are trained again at the final size with the final recipe, through the same trainers; the best
+    by validation accuracy is exported with its trained weights and tested once on the test split."""
+
+    top_k: int = Field(default=5, ge=1, le=50, description="How many of the search's best architectures to train again.")
+    epochs: int = Field(default=20, ge=1, le=1000, description="Epochs of each final training run.")
+    cells_per_stage: Optional[int] = Field(
+        default=None, ge=1, le=32, description="N of the final networks (default: training.cellsPerStage).")
+    channels: Optional[int] = Field(
+        default=None, ge=2, le=4096, description="F of the final networks (default: training.channels).")
+    phi: float = Field(
+        default=0.0, ge=0, le=8, description="Compound scaling of N and F (EfficientNet: depth x1.2**phi, "
+                                             "width x1.1**phi); 0 keeps them.")
+    auxiliary_head: bool = Field(default=True, description="Train with NASNet's auxiliary head (weight 0.4).")
+    drop_path: float = Field(default=0.1, ge=0, lt=1, description="Drop-path probability of the final training.")
+    learning_rate: Optional[float] = Field(default=None, gt=0, le=10,
+                                           description="Default: training.learningRate.")
+    augmentation: Optional[AugmentationSpec] = Field(
+        default=None, description="The final training's augmentation, e.g. cutout: 16 as NASNet's final training "
+                                  "(default: training.augmentation).")
 
 
 class Toleration(SpecModel):
@@ -273,6 +510,17 @@ class PodSettings(SpecModel):
         default_factory=list, max_length=64, description="core/v1 VolumeMounts of the volumes, e.g. at training.dataset.root.")
 
 
+class TrainerPodSettings(PodSettings):
+    """The trainers' pod settings: those of every pod, and how many trials share a GPU."""
+
+    # Spelled trialsPerGPU (as GPU is spelled elsewhere in Kubernetes), not the generated trialsPerGpu.
+    trials_per_gpu: int = Field(
+        default=1, ge=1, le=16, alias="trialsPerGPU",
+        description="Trainer processes per trainer pod, each training its own trial at the same time on the "
+                    "pod's GPU(s) (or CPU): several small trials keep one GPU busy. Each process is a trainer "
+                    "of its own (a consumer of the queue); the pod's memory must hold them all.")
+
+
 class SecretKeyRef(SpecModel):
     name: str = Field(min_length=1, max_length=253, description="A Secret in the search's namespace.")
     key: str = Field(default="url", min_length=1, max_length=253)
@@ -311,6 +559,26 @@ class ArtifactsSpec(SpecModel):
         description="Besides after every epoch, checkpoint at most this often within a long epoch.")
 
 
+# Algorithms that train one weight-sharing supernet (kubenas/oneshot) and then send its derived
+# genotypes to stand-alone training through the ordinary trial queue.
+ONE_SHOT_ALGORITHMS = ("enas", "darts", "spos")
+
+
+class OneShotSpec(SpecModel):
+    """The supernet's data-parallel worker group (strategy.algorithm enas, darts or spos)."""
+
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="World size of the supernet's data-parallel training (torch.distributed): at most "
+                    "budget.parallelism, the trainers whose place the workers take while the supernet trains. "
+                    "A cluster runs them as an Indexed Job with a headless Service for the rendezvous; "
+                    "`kubenas run` starts as many local processes.")
+    max_restarts: int = Field(
+        default=3, ge=0, le=100,
+        description="How often the whole group is restarted from the last supernet checkpoint after a worker "
+                    "is lost (torchrun's --max-restarts; the Job's backoffLimit); past it the search fails.")
+
+
 class RedisSpec(SpecModel):
     mode: Literal["managed", "external"] = Field(
         default="managed", description="managed: the operator runs a Redis for this search; external: bring your own.")
@@ -339,7 +607,36 @@ _PBT_OWN_SCHEDULE = (
     "!has(self.training) || !has(self.training.earlyStopping) || !has(self.training.earlyStopping.algorithm) || "
     "self.training.earlyStopping.algorithm == 'none'",
     "training.earlyStopping.algorithm: must be none with strategy.algorithm pbt, which trains its members in "
-    "intervals of its own (strategy.parameters.perturbation_interval, max_epochs)")
+    "intervals of its own (strategy.parameters.perturbationInterval, maxEpochs)")
+
+
+# The supernet's workers take the trainers' place (their pods, their GPUs) while it trains.
+_WORKERS_FIT = (
+    "!has(self.oneShot) || !has(self.oneShot.workers) || "
+    "self.oneShot.workers <= (has(self.budget) && has(self.budget.parallelism) ? self.budget.parallelism : 2)",
+    "oneShot.workers: must be at most budget.parallelism (the supernet's workers take the trainers' place)")
+# A supernet shares weights across cells, not across training settings, and its derived cells
+# are trained stand-alone to the end (topK of them): nothing for hyperparameters or a scheduler.
+_ONE_SHOT_CELL_ONLY = (
+    "!has(self.strategy) || !has(self.strategy.algorithm) || !(self.strategy.algorithm in ["
+    + ", ".join(f"'{a}'" for a in ONE_SHOT_ALGORITHMS) + "]) || "
+    "!has(self.searchSpace) || !has(self.searchSpace.hyperparameters) || size(self.searchSpace.hyperparameters) == 0",
+    "searchSpace.hyperparameters: not accepted with strategy.algorithm enas, darts or spos, which search the "
+    "cell only (a supernet shares weights across cells, not across training settings); remove them")
+_ONE_SHOT_NO_SCHEDULER = (
+    "!has(self.strategy) || !has(self.strategy.algorithm) || !(self.strategy.algorithm in ["
+    + ", ".join(f"'{a}'" for a in ONE_SHOT_ALGORITHMS) + "]) || "
+    "!has(self.training) || !has(self.training.earlyStopping) || !has(self.training.earlyStopping.algorithm) || "
+    "self.training.earlyStopping.algorithm == 'none'",
+    "training.earlyStopping.algorithm: must be none with strategy.algorithm enas, darts or spos (their few "
+    "derived cells are each trained to the end; the supernet is not a trial a scheduler could stop)")
+# Several objectives need a strategy that learns from several numbers.
+_MULTI_OBJECTIVE_STRATEGY = (
+    "!has(self.objective) || !has(self.objective.metrics) || size(self.objective.metrics) <= 1 || "
+    "!has(self.strategy) || !has(self.strategy.algorithm) || self.strategy.algorithm in ["
+    + ", ".join(f"'{a}'" for a in MULTI_OBJECTIVE_STRATEGIES) + "]",
+    "strategy.algorithm: optimises one metric; with several objective.metrics choose one of "
+    + ", ".join(MULTI_OBJECTIVE_STRATEGIES))
 
 
 class ArchitectureSearchSpec(SpecModel):
@@ -348,8 +645,8 @@ class ArchitectureSearchSpec(SpecModel):
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec, json_schema_extra=IMMUTABLE)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec, json_schema_extra=IMMUTABLE)
-    trainer: PodSettings = Field(
-        default_factory=PodSettings, description="The trainer pods (budget.parallelism of them): image, GPUs, scheduling.")
+    trainer: TrainerPodSettings = Field(
+        default_factory=TrainerPodSettings, description="The trainer pods (budget.parallelism of them): image, GPUs, scheduling.")
     controller: PodSettings = Field(
         default_factory=PodSettings, description="The controller pod (one, a Job): image, resources, scheduling.")
     redis: RedisSpec = Field(
@@ -360,6 +657,23 @@ class ArchitectureSearchSpec(SpecModel):
     artifacts: ArtifactsSpec = Field(
         default_factory=ArtifactsSpec,
         description="Trial checkpoints: a ReadWriteMany volume shared by the search's pods (cluster only).")
+    final: Optional[FinalSpec] = Field(
+        default=None, json_schema_extra=IMMUTABLE,
+        description="Train the search's best architectures at the final size and export the best, with its "
+                    "weights (needs artifacts in a cluster: the model is written there).")
+
+    one_shot: OneShotSpec = Field(
+        default_factory=OneShotSpec, json_schema_extra=IMMUTABLE,
+        description="The supernet's worker group, for strategy.algorithm enas, darts or spos (needs "
+                    "artifacts.enabled in a cluster: the workers share the supernet checkpoints there).")
+
+    @field_validator("controller", mode="before")
+    @classmethod
+    def _controller_trains_nothing(cls, value: Any) -> Any:
+        if isinstance(value, dict) and ({"trialsPerGPU", "trials_per_gpu", "trialsPerGpu"} & value.keys()):
+            raise ValueError("controller.trialsPerGPU: only the trainer pods train trials; "
+                             "set trainer.trialsPerGPU instead")
+        return value
 
     @field_validator("search_space", mode="before")
     @classmethod
@@ -368,13 +682,72 @@ class ArchitectureSearchSpec(SpecModel):
         # strictly here, like every section of the spec (a quoted number is refused).
         return SearchSpaceSpec.model_validate(value, strict=True) if isinstance(value, dict) else value
 
-    model_config = ConfigDict(json_schema_extra=cel_rules(_BOHB_OWN_SCHEDULE, _PBT_OWN_SCHEDULE))
+    model_config = ConfigDict(json_schema_extra=cel_rules(_BOHB_OWN_SCHEDULE, _PBT_OWN_SCHEDULE, _WORKERS_FIT,
+                                                          _MULTI_OBJECTIVE_STRATEGY, _ONE_SHOT_CELL_ONLY,
+                                                          _ONE_SHOT_NO_SCHEDULER))
+
+    @model_validator(mode="after")
+    def _strategy_for_several_metrics(self) -> "ArchitectureSearchSpec":
+        metrics = self.objective.metrics or []
+        if len(metrics) > 1 and self.strategy.algorithm not in MULTI_OBJECTIVE_STRATEGIES:
+            raise ValueError(f"strategy.algorithm: {self.strategy.algorithm} optimises one metric, and "
+                             f"objective.metrics names {len(metrics)}; choose one of "
+                             + ", ".join(MULTI_OBJECTIVE_STRATEGIES))
+        return self
+
+    @model_validator(mode="after")
+    def _workers_fit_the_trainers(self) -> "ArchitectureSearchSpec":
+        if self.one_shot.workers > self.budget.parallelism:
+            raise ValueError(_WORKERS_FIT[1] + f" (got oneShot.workers {self.one_shot.workers}, "
+                                               f"budget.parallelism {self.budget.parallelism})")
+        return self
+
+    @model_validator(mode="after")
+    def _one_shot_settings(self) -> "ArchitectureSearchSpec":
+        algorithm = self.strategy.algorithm
+        if algorithm not in ONE_SHOT_ALGORITHMS:
+            return self
+        if self.search_space.hyperparameters:
+            names = [hp.name for hp in self.search_space.hyperparameters]
+            raise ValueError(_ONE_SHOT_CELL_ONLY[1] + f" (got {names} with {algorithm})")
+        if self.training.early_stopping.algorithm != "none":
+            raise ValueError(_ONE_SHOT_NO_SCHEDULER[1] + f" (got {self.training.early_stopping.algorithm!r})")
+        self._one_shot_split_holds_batches(algorithm)
+        return self
+
+    def _one_shot_split_holds_batches(self, algorithm: str) -> None:
+        """A fixed-size dataset's split must give every worker a batch: the supernet steps on
+        training batches (darts: on each half of them) and scores paths on validation images."""
+        data, t = self.training.dataset, self.training
+        images = DATASET_IMAGES.get(data.name)
+        if images is None:  # npz / imagefolder: their size is known once read (the preflight checks)
+            return
+        validation = int(round(images * data.validation_fraction))
+        training = images - validation if data.train_subset is None else min(images - validation, data.train_subset)
+        if validation < self.one_shot.workers:
+            raise ValueError(f"training.dataset.validationFraction: {data.validation_fraction} of the {images} "
+                             f"images of {data.name} leaves {validation} validation images, fewer than "
+                             f"oneShot.workers ({self.one_shot.workers}); {algorithm} scores paths on them")
+        parts = 2 if algorithm == "darts" else 1  # darts: weights on one half, alphas on the other
+        if training // parts < t.batch_size:
+            field = "trainSubset" if data.train_subset is not None else "validationFraction"
+            raise ValueError(f"training.dataset.{field}: leaves {training} training images; {algorithm} needs "
+                             f"at least one training.batchSize ({t.batch_size})"
+                             + (" in each half (weights and alphas)" if parts == 2 else "")
+                             + "; give more images or a smaller training.batchSize")
 
     @model_validator(mode="after")
     def _bohb_schedules_its_own_epochs(self) -> "ArchitectureSearchSpec":
         own = {"bohb": _BOHB_OWN_SCHEDULE, "pbt": _PBT_OWN_SCHEDULE}.get(self.strategy.algorithm)
         if own is not None and self.training.early_stopping.algorithm != "none":
             raise ValueError(own[1] + f" (got {self.training.early_stopping.algorithm!r})")
+        return self
+
+    @model_validator(mode="after")
+    def _skeleton_of_a_cell_space(self) -> "ArchitectureSearchSpec":
+        if self.training.skeleton != "cifar" and self.search_space.type == "nasbench201":
+            raise ValueError(f"training.skeleton: {self.training.skeleton!r} is not accepted with searchSpace.type "
+                             "nasbench201, whose network layout is fixed; use cifar (or a nasnet or darts space)")
         return self
 
     @model_validator(mode="after")
@@ -484,6 +857,46 @@ class RecentTrial(CamelModel):
     reward: Optional[float] = None
 
 
+# Members of the Pareto front the summary (and so the resource's status) carries: the CR stays small.
+PARETO_STATUS_MEMBERS = 16
+
+
+class ParetoMember(CamelModel):
+    """One trial on the Pareto front: its value for each of objective.metrics."""
+
+    trial: str
+    values: dict[str, float] = Field(description="Metric name -> the trial's value, in the metric's own units.")
+
+
+class FinalModel(CamelModel):
+    """The final stage's winner: the trained network, where it is, and how it scores."""
+
+    trial: str = Field(description="The final trial that trained it (final-<hash8>).")
+    source_trial: Optional[str] = Field(default=None, description="The search trial that proposed the architecture.")
+    genotype_hash: str
+    path: str = Field(description="The directory holding model.safetensors, the TorchScript and ONNX graphs and "
+                                  "model.json (in a cluster: on the artifacts volume).")
+    validation_accuracy: float
+    test_accuracy: Optional[float] = Field(default=None, description="Measured once, on the held-out test split.")
+    test_images: Optional[int] = None
+    parameters: Optional[int] = None
+    candidates: int = Field(default=0, description="Final trials that finished training.")
+
+
+class SupernetProgress(CamelModel):
+    """One-shot searches: the supernet's last checkpointed epoch (what its workers wrote)."""
+
+    epoch: int = Field(default=0, ge=0, description="Supernet epochs checkpointed so far.")
+    epochs: Optional[int] = Field(default=None, ge=1, description="The supernet's epochs in all.")
+    train_loss: Optional[float] = None
+    validation_loss: Optional[float] = None
+    validation_accuracy: Optional[float] = Field(
+        default=None, description="Of the shared weights (darts: the mixture; enas, spos: sampled paths).")
+    architecture_entropy: Optional[float] = Field(
+        default=None, description="Entropy (nats): darts, mean over edges of its softmax; enas, its policy's summed over "
+                    "decisions. Falling means it decides.")
+
+
 class SearchSummary(CamelModel):
     """What the controller publishes and the operator copies into status (one writer)."""
 
@@ -493,13 +906,32 @@ class SearchSummary(CamelModel):
     best_genotype: Optional[dict[str, Any]] = None
     finished: bool = False
     finish_reason: Optional[str] = None
+    stage: Literal["supernet", "deriving", "searching", "finalTraining"] = Field(
+        default="searching", description="searching, then finalTraining while spec.final trains the best; "
+                                         "one-shot algorithms first train the supernet (supernet) and derive "
+                                         "its genotypes (deriving), whose stand-alone training is the search.")
+    final_trials: Optional[TrialCounts] = Field(default=None, description="The final stage's trials.")
+    supernet: Optional[SupernetProgress] = Field(
+        default=None, description="One-shot (enas, darts, spos): the supernet's last checkpointed epoch.")
+    final_model: Optional[FinalModel] = None
+    final_error: Optional[str] = Field(default=None, max_length=32768,
+                                       description="Why the final stage produced no model.")
     updated: Optional[str] = None
     recent: list[RecentTrial] = Field(default_factory=list, max_length=10,
                                       description="The last trials applied, newest last (bounded).")
+    pareto_front: list[ParetoMember] = Field(
+        default_factory=list, max_length=PARETO_STATUS_MEMBERS,
+        description="Several objective.metrics: members of the Pareto front (at most 16, spread along it; "
+                    "kubenas export --pareto writes them all).")
+    pareto_front_size: Optional[int] = Field(default=None, ge=0, description="Trials on the whole Pareto front.")
+    hypervolume: Optional[float] = Field(
+        default=None, description="The front's hypervolume: each cost divided by the largest any trial had, accuracy "
+                                  "as it is, up to accuracy 0 and scaled cost 1 (so it never falls).")
 
 
 class ArchitectureSearchStatus(SearchSummary):
-    phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"] = "Pending"
+    phase: Literal["Pending", "Supernet", "Deriving", "Searching", "FinalTraining", "Suspended", "Succeeded",
+                   "Failed"] = "Pending"
     conditions: list[Condition] = Field(default_factory=list)
     start_time: Optional[str] = Field(default=None, json_schema_extra={"format": "date-time"})
     completion_time: Optional[str] = Field(default=None, json_schema_extra={"format": "date-time"})

@@ -14,12 +14,19 @@ a second; the applied one is checkpointed too (`search_checkpoint.py`).
 
 In memory: the trials in flight and aggregates (counts, best, recent history);
 finished trials live only in the log, so memory stays flat over long searches.
+
+With spec.final, the search's end begins the final stage (kubenas/final_stage.py):
+the top-k architectures are handed out again as final trials with the final recipe,
+through the same queue, checkpoint and reconcile; once all have ended, the winner's
+export is copied to `final_dir` and the summary says finished.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,22 +36,51 @@ import redis
 from redis.exceptions import ResponseError
 
 from kubenas import metrics
+from kubenas.errors import InvalidSpec
 from kubenas.queue.connection import RETRYABLE, Outage, is_transient
 from kubenas.queue.controller_side import ControllerQueue, Entry, RejectedEntry
 from kubenas.queue.keys import SearchKeys
 from kubenas.queue.live_spec import LiveSpec
 from kubenas.queue.messages import ControlMessage, ProgressMessage, ResultMessage, TrialMessage, clip_error
-from kubenas.search_state import CONTROLLER_ERROR, TOO_MANY_FAILED, InFlight, Verdict, SearchState, Tally
+from kubenas.final_stage import final_genotype, final_training
+from kubenas.nn.latency_table import LatencyTableError, load_table, predict_latency, space_units, table_size
+from kubenas.objectives import Objectives
+from kubenas.search_state import CONTROLLER_ERROR, EXHAUSTED, TOO_MANY_FAILED, InFlight, Verdict, SearchState, Tally
 from kubenas.spaces import build_space
-from kubenas.spec import ArchitectureSearchSpec, SearchSummary
+from kubenas.spec import ArchitectureSearchSpec, FinalModel, SearchSummary, SupernetProgress
 from kubenas.strategies.base import Result, SearchExhausted, Strategy, Trial
+from kubenas.strategies.one_shot import one_shot_of
 from kubenas.training.checkpoints import CheckpointRetention, TrialCheckpointStore
 
 from kubenas_controller.live_budget import LiveBudget
 from kubenas_controller.search_checkpoint import SearchCheckpoint, now_iso
 from kubenas_controller.strategy import build_strategy, measures_latency, schedules_epochs
+from kubenas_controller.supernet_watch import SupernetWatch
 
 log = logging.getLogger("kubenas.controller")
+
+
+DERIVED_UNUSABLE = "DerivedGenotypesUnusable"
+DERIVED_TRAINED = "DerivedGenotypesTrained"
+
+
+def load_latency_table(spec: ArchitectureSearchSpec, space) -> Optional[dict]:
+    """spec.objective.latency's table, checked to price every genotype of the search's space; None: no table."""
+    if spec.objective.latency is None:
+        return None
+    where = "spec.objective.latency.table"
+    try:
+        table = load_table(spec.objective.latency.table)
+    except LatencyTableError as exc:
+        raise InvalidSpec(f"{where}: {exc}") from None
+    size = table_size(table)
+    if size.space != space.name:
+        raise InvalidSpec(f"{where}: the table is for the {size.space} space; the search's is {space.name}")
+    missing = [k for k in space_units(size, getattr(space, "operations", None)) if k not in table["entries"]]
+    if missing:
+        raise InvalidSpec(f"{where}: the table has no entry for {missing[0]} ({len(missing)} missing); make it "
+                          f"with kubenas latency-table for this space's operations")
+    return table
 
 
 @dataclass
@@ -63,6 +99,7 @@ class ControllerOptions:
     fsync: bool = True
     artifacts: Optional[str] = None  # the search's artifact store: trial checkpoints to prune
     keep_top_k: int = 5  # the best finished trials whose checkpoints stay (later stages, inheritance)
+    final_dir: Optional[str] = None  # where the final stage's winner is copied (default: it stays where its trainer wrote it)
 
 
 @dataclass
@@ -91,8 +128,20 @@ class Controller:
         self.stopping = stopping or threading.Event()
         self.space = build_space(spec.search_space)
         self.strategy: Strategy = build_strategy(spec, self.space)
+        self.one_shot = one_shot_of(self.strategy)  # enas, darts, spos: waits for the supernet's genotypes
+        self.supernet: Optional[SupernetWatch] = None
+        if self.one_shot is not None:
+            if not options.artifacts:
+                raise InvalidSpec(f"strategy.algorithm {spec.strategy.algorithm}: a one-shot search needs the "
+                                  "artifact store (--artifacts, env KUBENAS_ARTIFACTS), where its supernet "
+                                  "workers write the derived genotypes")
+            self.supernet = SupernetWatch(options.artifacts, search=self.search)
         self.state = SearchState(spec.budget, self._trial_message, target=spec.objective.target,
-                                 prefetch=options.prefetch, suspended=spec.suspend)
+                                 prefetch=options.prefetch, suspended=spec.suspend,
+                                 final_top_k=spec.final.top_k if spec.final else None,
+                                 make_final_message=self._final_message,
+                                 objectives=Objectives.from_spec(spec.objective))
+        self._final_training = final_training(spec) if spec.final else None
         self.live_budget = LiveBudget(spec, self.state, self.queue, poll_seconds=options.live_spec_seconds)
         self.fresh = False
         self.finish_deadline = 0.0
@@ -105,7 +154,8 @@ class Controller:
         self._reconcile_at = 0.0
         self._prune_at = time.monotonic() + 600
         self._scheduled = schedules_epochs(spec)
-        self._latency = measures_latency(spec)
+        self.latency_table = load_latency_table(spec, self.space)  # None: latency measured by the trainers
+        self._latency = (measures_latency(spec) or spec.objective.uses_latency) and self.latency_table is None
         self.retention: Optional[CheckpointRetention] = None
         if options.artifacts:
             self.retention = CheckpointRetention(TrialCheckpointStore(options.artifacts), top_k=options.keep_top_k)
@@ -121,7 +171,8 @@ class Controller:
 
     @property
     def finished(self) -> bool:
-        return self.state.finished
+        """The search has finished, and its final stage too when the spec has one."""
+        return self.state.done
 
     @property
     def live(self) -> LiveSpec:
@@ -244,6 +295,16 @@ class Controller:
                      msg.trial_id, msg.trainer, msg.attempt)
             return
         verdict = Verdict.of(msg)
+        if flight.final:  # the final stage's: neither the strategy nor the search's reward sees it
+            self.state.apply_result(msg, verdict, verdict.accuracy, time.time())
+            step.applied += 1
+            log.log(logging.WARNING if verdict.status == "failed" else logging.INFO,
+                    "final trial %s %s: validation accuracy %s, test accuracy %s, exported to %s%s", msg.trial_id,
+                    msg.status, verdict.accuracy, msg.test_accuracy, msg.export_path,
+                    f" ({verdict.error})" if verdict.error else "")
+            return
+        if self.latency_table is not None:  # the target device's latency, whatever device trained it
+            self._predict_latency(flight.message.genotype, msg)
         reward = self._objective(msg.trial_id, verdict.accuracy, msg.cost)
         result = Result(reward=verdict.accuracy, status=verdict.status, curve=list(msg.curve), cost=dict(msg.cost),
                         error=verdict.error, epochs=msg.epochs)
@@ -266,6 +327,12 @@ class Controller:
         log.log(level, "trial %s %s%s on %s (attempt %d)%s", msg.trial_id, msg.status,
                 "" if reward is None else f" reward {reward:.4f}", msg.trainer, msg.attempt,
                 f": {verdict.error}" if verdict.error else "")
+
+    def _predict_latency(self, genotype: dict, msg: ResultMessage) -> None:
+        try:
+            msg.cost["latency_seconds"] = predict_latency(self.latency_table, genotype)
+        except (LatencyTableError, KeyError, ValueError) as exc:  # checked at start; a genotype it cannot price
+            log.warning("trial %s: no latency predicted: %s", msg.trial_id, exc)
 
     def _objective(self, trial_id: str, accuracy: Optional[float], cost: dict) -> Optional[float]:
         """The search's reward (accuracy, penalised by cost when the spec says so): the strategy
@@ -311,6 +378,9 @@ class Controller:
         now = time.monotonic()
         state.advance(now - self._clock)
         self._clock = now
+        if state.finished:
+            step.new += self._final_stage_step()
+            return
         step.retired += state.over_budget(time.time())
         if not state.finishing:
             reason = state.finish_reason()
@@ -322,6 +392,8 @@ class Controller:
             step.new += self._fill()
 
     def _begin_finish(self, reason: str) -> None:
+        if reason == EXHAUSTED and self.one_shot is not None:
+            reason = DERIVED_TRAINED  # not a space used up: every cell the supernet derived was trained
         if reason == TOO_MANY_FAILED:
             log.error("search %s: %d trials failed, more than maxFailedTrials=%d", self.search, self.tally.failed,
                       self.state.budget.max_failed_trials)
@@ -344,7 +416,65 @@ class Controller:
                      t.best_trial)
         return cancelled
 
+    # --- the final stage (spec.final), once the search has finished ----------------------------
+    def _final_stage_step(self) -> list[InFlight]:
+        """Begin the stage (its final trials), or, once they have all ended, choose the winner."""
+        state = self.state
+        if not state.in_final_stage:
+            return []
+        now = time.time()
+        if state.final is None:
+            if state.finishing in (TOO_MANY_FAILED, CONTROLLER_ERROR):
+                state.end_final_stage(None, f"skipped: the search ended with {state.finishing}", now)
+            elif not state.leaderboard.best:
+                state.end_final_stage(None, "skipped: no architecture of the search finished training", now)
+            else:
+                flights = state.begin_final_stage(now)
+                log.info("search %s: final stage: training %d architectures at the final size (%s)", self.search,
+                         len(flights), ", ".join(f.trial_id for f in flights))
+                return flights
+            log.warning("search %s: final stage %s", self.search, state.final.error if state.final else "")
+            return []
+        if state.final.trained:
+            model, error = state.final.decide()
+            if model is not None:
+                model = self._place_final_model(model)
+                log.info("search %s: final model %s (from %s): validation accuracy %.4f, test accuracy %s; in %s",
+                         self.search, model.trial, model.source_trial, model.validation_accuracy,
+                         model.test_accuracy, model.path)
+            else:
+                log.error("search %s: the final stage produced no model: %s", self.search, error)
+            state.end_final_stage(model, error, now)
+        return []
+
+    def _place_final_model(self, model: FinalModel) -> FinalModel:
+        """Copy the winner's export to final_dir (the search's results); where that fails, the
+        model stays where its trainer wrote it, and the status says so."""
+        target = self.options.final_dir
+        if not target or not model.path or os.path.abspath(model.path) == os.path.abspath(target):
+            return model
+        staging = f"{target.rstrip('/')}.incoming"
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(model.path, staging)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+        except OSError as exc:
+            log.warning("search %s: the final model could not be copied from %s to %s (%s); it stays there",
+                        self.search, model.path, target, exc)
+            return model
+        return model.model_copy(update={"path": target})
+
+    def _final_message(self, event: dict) -> TrialMessage:
+        assert self._final_training is not None
+        training = self._final_training
+        return TrialMessage(search=self.search, trial_id=event["id"], genotype=final_genotype(event["genotype"]),
+                            epochs=training.epochs, training=training, max_attempts=self.options.max_attempts,
+                            decision_timeout=self.options.decision_timeout, created=event.get("created", 0.0),
+                            final=True)
+
     def _fill(self) -> list[InFlight]:
+        self._take_derived()
         room = self.state.room()
         if room <= 0:
             return []
@@ -373,7 +503,8 @@ class Controller:
                             training=training, measure_latency=self._latency,
                             max_attempts=self.options.max_attempts,
                             decision_timeout=self.options.decision_timeout, created=created,
-                            parent_trial_id=trial.parent_id, warm_start=trial.warm_start)
+                            parent_trial_id=trial.parent_id, warm_start=trial.warm_start,
+                            schedule_epochs=trial.schedule_epochs, schedule_start=trial.schedule_start)
 
     # --- 3. checkpoint ------------------------------------------------------------------------
     def _save_if_needed(self) -> None:
@@ -434,7 +565,7 @@ class Controller:
         by a trainer but whose result never arrived."""
         self._reconcile_at = time.monotonic() + self.options.reconcile_seconds
         flights = list(self.inflight.values())
-        if not flights or self.state.finishing:
+        if not flights or (self.state.finishing and not self.state.finished):  # a final stage reconciles
             return
         self._publish(flights)
         states = self.queue.entry_states([f.entry_id for f in flights if f.entry_id])
@@ -460,7 +591,29 @@ class Controller:
 
     # --- summary ------------------------------------------------------------------------
     def summary(self) -> SearchSummary:
-        return self.state.summary(updated=now_iso(), deduplicated=int(self._stats().get("deduplicated", 0)))
+        summary = self.state.summary(updated=now_iso(), deduplicated=int(self._stats().get("deduplicated", 0)))
+        if self.supernet is not None and self.one_shot.waiting_for_supernet and not summary.finished:
+            summary.stage = self.supernet.stage  # type: ignore[assignment]
+        if self.supernet is not None and self.supernet.progress() is not None:
+            summary.supernet = SupernetProgress.model_validate(self.supernet.progress())
+        return summary
+
+    def _take_derived(self) -> None:
+        """One-shot: hand the worker group's derived genotypes to the strategy once they are there."""
+        if self.supernet is None or not self.one_shot.waiting_for_supernet:
+            return
+        payload = self.supernet.poll()
+        if payload is None:
+            return
+        try:
+            count = self.one_shot.take_derived(payload)
+        except ValueError as exc:
+            log.error("search %s: the supernet's derived genotypes cannot be used: %s", self.search, exc)
+            self._begin_finish(DERIVED_UNUSABLE)
+            return
+        self._dirty = True  # the genotypes are part of the strategy's state from now on
+        log.info("search %s: the supernet derived %d genotype%s; training them stand-alone", self.search, count,
+                 "" if count == 1 else "s")
 
     def _stats(self) -> dict[str, float]:
         try:
@@ -484,6 +637,13 @@ class Controller:
         metrics.TRIALS_IN_FLIGHT.labels(self.search, "running").set(counts.running)
         if summary.best_reward is not None:
             metrics.BEST_REWARD.labels(self.search).set(summary.best_reward)
+        if summary.pareto_front_size is not None:
+            metrics.PARETO_FRONT_SIZE.labels(self.search).set(summary.pareto_front_size)
+            if summary.hypervolume is not None:
+                metrics.PARETO_HYPERVOLUME.labels(self.search).set(summary.hypervolume)
+        elif summary.best_reward is not None:  # one objective: its front is the best trial, up to reward 0
+            metrics.PARETO_FRONT_SIZE.labels(self.search).set(1)
+            metrics.PARETO_HYPERVOLUME.labels(self.search).set(max(0.0, summary.best_reward))
         entropy = self._stats().get("policy_entropy")
         if entropy is not None:
             metrics.POLICY_ENTROPY.labels(self.search).set(entropy)

@@ -91,6 +91,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--artifacts", default=env("KUBENAS_ARTIFACTS"), metavar="DIR",
                    help="the search's artifact store (env KUBENAS_ARTIFACTS): trial checkpoints no longer needed "
                         "are removed from it")
+    p.add_argument("--final-dir", default=env("KUBENAS_FINAL_DIR"), metavar="DIR",
+                   help="where the final stage's trained model is copied (default: ARTIFACTS/final/model)")
     p.add_argument("--no-fsync", action="store_true", help="do not fsync checkpoints (tests and benchmarks only)")
     p.add_argument("--log-level", type=log_level, default=env("KUBENAS_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
@@ -141,7 +143,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         controller = Controller(spec, keys, client, args.checkpoint_dir, ControllerOptions(
             prefetch=args.prefetch, lease_seconds=args.lease_seconds, max_attempts=args.max_attempts,
-            finish_grace=args.finish_grace, fsync=not args.no_fsync, artifacts=args.artifacts), stopping=stopping)
+            finish_grace=args.finish_grace, fsync=not args.no_fsync, artifacts=args.artifacts,
+            final_dir=args.final_dir or (os.path.join(args.artifacts, "final", "model") if args.artifacts else None)),
+            stopping=stopping)
         try:
             server = metrics.serve(args.metrics_port, controller.healthy)
         except OSError as exc:

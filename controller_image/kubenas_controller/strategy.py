@@ -9,7 +9,8 @@ and stacks the wrappers the spec asks for:
           <algorithm>)))
 
 Manifests spell strategy parameters in camelCase (`nStartupTrials`); the registry
-takes snake_case keyword arguments: converted here, and only here.
+takes snake_case keyword arguments: converted here (by kubenas.spec's
+strategy_keyword_arguments, which `kubenas bench strategies --param` uses too).
 """
 
 from __future__ import annotations
@@ -18,22 +19,13 @@ import re
 from typing import Any
 
 from kubenas.errors import InvalidSpec
+from kubenas.objectives import Objectives
 from kubenas.spaces import SearchSpace
-from kubenas.spec import ArchitectureSearchSpec, DatasetSpec
+from kubenas.spec import ArchitectureSearchSpec, DatasetSpec, strategy_keyword_arguments, strategy_parameter_name
 from kubenas.strategies.base import Strategy
-
-_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
 # Spec cost names -> the keys of a cost dict (estimated by the controller, measured by trainers).
 COST_KEYS = {"parameters": "params", "multiplyAdds": "multiply_adds", "latencySeconds": "latency_seconds"}
-
-
-def snake_case(name: str) -> str:
-    return _CAMEL.sub(r"_\1", name).lower()
-
-
-def strategy_kwargs(parameters: dict[str, Any]) -> dict[str, Any]:
-    return {snake_case(k): v for k, v in parameters.items()}
 
 
 def dataset_shape(dataset: DatasetSpec) -> tuple[tuple[int, int, int], int]:
@@ -60,8 +52,12 @@ def dataset_shape(dataset: DatasetSpec) -> tuple[tuple[int, int, int], int]:
 def build_strategy(spec: ArchitectureSearchSpec, space: SearchSpace) -> Strategy:
     from kubenas.strategies import make_strategy
 
-    strategy = make_strategy(spec.strategy.algorithm, space, seed=spec.training.seed,
-                             **{**own_schedule(spec), **strategy_kwargs(spec.strategy.parameters)})
+    keywords = {**own_schedule(spec), **strategy_keyword_arguments(spec.strategy.parameters)}
+    try:
+        strategy = make_strategy(spec.strategy.algorithm, space, seed=spec.training.seed,
+                                 objectives=Objectives.from_spec(spec.objective), **keywords)
+    except InvalidSpec as exc:  # the constructor names its keywords; the user wrote the manifest's names
+        raise InvalidSpec(in_manifest_names(str(exc), keywords)) from None
 
     limits: dict[str, float] = {}
     if spec.objective.constraints.max_parameters is not None:
@@ -105,6 +101,13 @@ def build_strategy(spec: ArchitectureSearchSpec, space: SearchSpace) -> Strategy
     return strategy
 
 
+def in_manifest_names(message: str, keywords: dict[str, Any]) -> str:
+    """A strategy's message with its snake_case keywords spelled as in strategy.parameters."""
+    for keyword in keywords:
+        message = re.sub(rf"\b{re.escape(keyword)}\b", strategy_parameter_name(keyword), message)
+    return message
+
+
 def own_schedule(spec: ArchitectureSearchSpec) -> dict[str, int]:
     """BOHB's rungs, PBT's epochs per member, from the search's training settings (its
     parameters may still override them)."""
@@ -122,4 +125,6 @@ def schedules_epochs(spec: ArchitectureSearchSpec) -> bool:
 
 
 def measures_latency(spec: ArchitectureSearchSpec) -> bool:
+    if "latency" in Objectives.from_spec(spec.objective).names:
+        return True
     return spec.objective.cost_penalty is not None and spec.objective.cost_penalty.metric == "latencySeconds"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import multiprocessing
 import os
 import random
@@ -30,8 +31,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
-from kubenas.bench.table import Table, TableRow, load_table
+from kubenas.bench.table import COST_COLUMNS, Table, TableRow, load_table
 from kubenas.errors import KubenasError
+from kubenas.objectives import Objectives, normalised_hypervolume, pareto_front
+from kubenas.spec import strategy_keyword_arguments
 from kubenas.strategies import make_strategy, strategy_parameters
 from kubenas.strategies.base import STOP, Result, SearchExhausted, Strategy, Trial, derive_seed
 from kubenas.strategies.dedup import Deduplicated
@@ -39,7 +42,8 @@ from kubenas.strategies.dedup import Deduplicated
 # Early stopping a label may add with `+` (random+asha): the controller's
 # schedulers, built as the controller builds them from training.earlyStopping.
 SCHEDULERS = ("asha", "hyperband", "median")
-SCHEDULER_PARAMETERS = {"min_epochs": 1, "reduction_factor": 3, "min_trials": 5}
+# Named as in the manifest (training.earlyStopping), like the strategies' parameters.
+SCHEDULER_PARAMETERS = {"minEpochs": 1, "reductionFactor": 3, "minTrials": 5}
 
 
 @dataclass
@@ -56,13 +60,17 @@ class RunResult:
     seconds: float
     epochs: Optional[int] = None  # epochs trained in all (curve tables)
     full: Optional[int] = None  # trials trained for all epochs (curve tables)
+    hypervolume: Optional[float] = None  # several objectives: normalised hypervolume of what the search saw
+    hypervolume_wide: Optional[float] = None  # the same, reference point at the table's worst values
+    front: Optional[int] = None  # several objectives: the size of the Pareto front it found
 
 
 @dataclass
 class Spec:
     """One strategy to run: `label` is `name`, `name+scheduler` (early stopping, on a
-    curve table) and either with `@tag` (same name, other parameters). Parameters
-    named in SCHEDULER_PARAMETERS go to the scheduler, the others to the strategy."""
+    curve table) and either with `@tag` (same name, other parameters). Parameters are
+    named as in a manifest (camelCase); those in SCHEDULER_PARAMETERS go to the scheduler,
+    the others to the strategy as its keyword arguments."""
 
     label: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -78,9 +86,10 @@ class Spec:
 
     @property
     def strategy_params(self) -> dict[str, Any]:
+        """The strategy's keyword arguments (snake_case, as strategy.parameters become them)."""
         if self.scheduler is None:
-            return dict(self.params)
-        return {k: v for k, v in self.params.items() if k not in SCHEDULER_PARAMETERS}
+            return strategy_keyword_arguments(self.params)
+        return strategy_keyword_arguments({k: v for k, v in self.params.items() if k not in SCHEDULER_PARAMETERS})
 
     @property
     def scheduler_params(self) -> dict[str, Any]:
@@ -99,10 +108,17 @@ def cached_table(path: str) -> Table:
     return _TABLES[path]
 
 
-def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> RunResult:
-    """One search: `budget` trained children on `workers` asynchronous workers."""
+def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int,
+             objectives: Optional[Objectives] = None) -> RunResult:
+    """One search: `budget` trained children on `workers` asynchronous workers. With several
+    `objectives` the strategy learns from the table's costs too, and the run is scored by the
+    normalised hypervolume of every result it saw (`table_front`)."""
     start = time.perf_counter()
-    strategy = Deduplicated(make_strategy(spec.name, table.space, seed=seed, **spec.strategy_params))
+    strategy = Deduplicated(make_strategy(spec.name, table.space, seed=seed, objectives=objectives,
+                                          **spec.strategy_params))
+    seen: list[tuple[float, ...]] = []  # several objectives: the values of every result
+    if objectives is not None:
+        table_front(table, objectives)  # a table without the metrics fails before the search
     clock = random.Random(derive_seed(seed, "worker-times"))
     running: list[tuple[float, int, Any]] = []  # (finish time, issue order, trial)
     issued = misses = 0
@@ -129,7 +145,9 @@ def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> 
             misses += 1
             result = Result(reward=None, status="failed", error="architecture not in the table")
         else:
-            result = Result(reward=entry.val_acc)
+            result = Result(reward=entry.val_acc, cost=dict(entry.cost or {}))
+            if objectives is not None:
+                seen.append(objectives.minimized(objectives.values(entry.val_acc, result.cost)))
             if best is None or entry.val_acc > best.val_acc:
                 best = entry
         strategy.tell(trial.id, result)
@@ -141,7 +159,49 @@ def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> 
         best_val=best.val_acc if best else float("nan"), best_test=best.test_acc if best else float("nan"),
         found_best=best is not None and best.cellstr == top.cellstr, hits=strategy.hits, misses=misses,
         seconds=time.perf_counter() - start,
+        **(_pareto_scores(table, objectives, seen) if objectives is not None else {}),
     )
+
+
+def table_front(table: Table, objectives: Objectives) -> dict[str, Any]:
+    """The scale of a table's hypervolume. Every objective is minimised and scaled so that
+    its best value in the table is 0; the reference point is the nadir of the table's true
+    Pareto front (each objective's worst value among the front's members), scaled to 1, so
+    that the hypervolume measures the trade-off region, where the front is (a run's result
+    is given as a share of the true front's hypervolume). `wide` is the same with the
+    reference point at the worst value of every objective over the whole table, where even
+    a poor front scores close to 1."""
+    key = (table.path, objectives)
+    if key not in _FRONTS:
+        points = []
+        for entry in table.entries.values():
+            values = objectives.values(entry.val_acc, dict(entry.cost or {}))
+            if values is None:
+                missing = [n for n in objectives.names if n != "validationAccuracy"]
+                raise KubenasError(f"{table.path}: --objectives {','.join(objectives.names)}: the table has no "
+                                   f"value for {', '.join(missing)} (columns: {', '.join(COST_COLUMNS)})")
+            points.append(objectives.minimized(values))
+        dims = range(len(objectives.names))
+        front = sorted({points[i] for i in pareto_front(points)})
+        ideal = [min(p[k] for p in points) for k in dims]
+        nadir = [max(p[k] for p in front) for k in dims]
+        worst = [max(p[k] for p in points) for k in dims]
+        if any(n <= i for n, i in zip(nadir, ideal)):
+            nadir = worst  # a front of one point: no trade-off region
+        _FRONTS[key] = {"ideal": ideal, "reference": nadir, "worst": worst, "size": len(front), "members": front,
+                        "hypervolume": normalised_hypervolume(front, ideal, nadir),
+                        "hypervolume_wide": normalised_hypervolume(front, ideal, worst)}
+    return _FRONTS[key]
+
+
+_FRONTS: dict[tuple, dict[str, Any]] = {}
+
+
+def _pareto_scores(table: Table, objectives: Objectives, seen: list[tuple[float, ...]]) -> dict[str, Any]:
+    scale = table_front(table, objectives)
+    return {"hypervolume": normalised_hypervolume(seen, scale["ideal"], scale["reference"]) / scale["hypervolume"],
+            "hypervolume_wide": normalised_hypervolume(seen, scale["ideal"], scale["worst"]) / scale["hypervolume_wide"],
+            "front": len({seen[i] for i in pareto_front(seen)})}
 
 
 def build_search(table: Table, spec: Spec, seed: int) -> Strategy:
@@ -161,13 +221,13 @@ def build_search(table: Table, spec: Spec, seed: int) -> Strategy:
         raise KubenasError(f"{spec.label}: early stopping needs a learning-curve table "
                            f"(columns val_acc_e1 .. val_acc_eE); {table.path} has none")
     p, epochs = spec.scheduler_params, table.epochs
-    min_epochs = min(p["min_epochs"], epochs)
+    min_epochs = min(p["minEpochs"], epochs)
     try:
         if spec.scheduler == "median":
-            scheduler = MedianStopping(epochs, min_trials=p["min_trials"], start_epoch=min_epochs)
+            scheduler = MedianStopping(epochs, min_trials=p["minTrials"], start_epoch=min_epochs)
         elif spec.scheduler in ("asha", "hyperband"):
-            brackets = len(rung_epochs(min_epochs, epochs, p["reduction_factor"])) if spec.scheduler == "hyperband" else 1
-            scheduler = ASHA(epochs, min_epochs=min_epochs, eta=p["reduction_factor"], brackets=brackets)
+            brackets = len(rung_epochs(min_epochs, epochs, p["reductionFactor"])) if spec.scheduler == "hyperband" else 1
+            scheduler = ASHA(epochs, min_epochs=min_epochs, eta=p["reductionFactor"], brackets=brackets)
         else:
             raise KubenasError(f"{spec.label}: early stopping {spec.scheduler!r} is not known; "
                                f"choose from {', '.join(SCHEDULERS)}")
@@ -287,17 +347,23 @@ def _hits(strategy: Strategy) -> int:
 
 
 def _run_task(task: tuple) -> dict:
-    path, label, params, seed, budget, workers = task
+    path, label, params, seed, budget, workers, objectives = task
     table = cached_table(path)
+    if objectives is not None:
+        if table.epochs is not None:
+            raise KubenasError(f"{path}: several objectives are benchmarked on tables without learning curves")
+        return asdict(simulate(table, Spec(label, params), seed, budget, workers, Objectives.parse(objectives)))
     run = replay if table.epochs is not None else simulate
     return asdict(run(table, Spec(label, params), seed, budget, workers))
 
 
 def run_benchmark(path: str, specs: list[Spec], seeds: Iterable[int], budget: int, workers: int,
-                  processes: int = 2) -> list[RunResult]:
+                  processes: int = 2, objectives: Optional[Objectives] = None) -> list[RunResult]:
     """Every (strategy, seed) run; results in a fixed order whatever the process scheduling."""
     cached_table(path)  # fail early, in this process, on a malformed table
-    tasks = [(path, s.label, s.params, seed, budget, workers) for s in specs for seed in seeds]
+    # Objectives travel as their command-line text (plain data) to the worker processes.
+    text = None if objectives is None else ",".join(f"{n}:{g}" for n, g in objectives.metrics)
+    tasks = [(path, s.label, s.params, seed, budget, workers, text) for s in specs for seed in seeds]
     if processes <= 1:
         rows = [_run_task(t) for t in tasks]
     else:
@@ -322,8 +388,9 @@ def summarize(results: list[RunResult], labels: list[str]) -> list[dict[str, Any
     rows = []
     for label in labels:
         runs = [r for r in results if r.label == label]
-        test = [r.best_test for r in runs]
-        val = [r.best_val for r in runs]
+        # A run that finished no trial has no best (NaN): left out of the mean, never a crash.
+        test = [r.best_test for r in runs if math.isfinite(r.best_test)] or [math.nan]
+        val = [r.best_val for r in runs if math.isfinite(r.best_val)] or [math.nan]
         rows.append({
             "label": label, "runs": len(runs),
             "test_mean": statistics.fmean(test), "test_sd": statistics.stdev(test) if len(test) > 1 else 0.0,
@@ -334,11 +401,28 @@ def summarize(results: list[RunResult], labels: list[str]) -> list[dict[str, Any
             "seconds": statistics.fmean(r.seconds for r in runs),
             "epochs": statistics.fmean(r.epochs for r in runs) if runs[0].epochs is not None else None,
             "full": statistics.fmean(r.full for r in runs) if runs[0].full is not None else None,
+            "hv_mean": statistics.fmean(r.hypervolume for r in runs) if runs[0].hypervolume is not None else None,
+            "hv_sd": (statistics.stdev(r.hypervolume for r in runs) if len(runs) > 1 else 0.0)
+            if runs[0].hypervolume is not None else None,
+            "front": statistics.fmean(r.front for r in runs) if runs[0].front is not None else None,
+            "hv_wide_mean": statistics.fmean(r.hypervolume_wide for r in runs)
+            if runs[0].hypervolume_wide is not None else None,
+            "hv_wide_sd": (statistics.stdev(r.hypervolume_wide for r in runs) if len(runs) > 1 else 0.0)
+            if runs[0].hypervolume_wide is not None else None,
         })
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
+    if any(r.get("hv_mean") is not None for r in rows):  # several objectives: the front's hypervolume
+        lines = ["| name | hypervolume mean±sd (reference: the true front's nadir) | (reference: the table's worst) "
+                 "| front size | best val_acc mean±sd | dedup hits/run | seconds/run |",
+                 "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['label']} | {r['hv_mean']:.4f}±{r['hv_sd']:.4f} "
+                         f"| {r['hv_wide_mean']:.4f}±{r['hv_wide_sd']:.4f} | {r['front']:.1f} "
+                         f"| {r['val_mean']:.2f}±{r['val_sd']:.2f} | {r['hits']:.1f} | {r['seconds']:.2f} |")
+        return "\n".join(lines)
     curves = any(r.get("epochs") is not None for r in rows)
     if curves:  # a replay of learning curves: what the epochs bought
         lines = ["| name | mean±sd | val_acc mean±sd | found best-val cell | trials/run | full trainings/run "

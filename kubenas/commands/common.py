@@ -8,6 +8,7 @@ import sys
 from typing import Callable
 
 from kubenas.errors import KubenasError
+from kubenas.files import read_bounded
 from kubenas.spaces import Genotype, load_genotype
 
 MAX_GENOTYPE_BYTES = 1 << 20
@@ -52,16 +53,7 @@ def number_in(low: float, high: float, low_open: bool = False) -> Callable[[str]
 
 def read_genotype(path: str) -> Genotype:
     """A genotype from a JSON file ('-' for stdin), validated against its space."""
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(MAX_GENOTYPE_BYTES + 1)
-        else:
-            with open(path, "rb") as f:
-                data = f.read(MAX_GENOTYPE_BYTES + 1)
-    except OSError as exc:
-        raise KubenasError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-    if len(data) > MAX_GENOTYPE_BYTES:
-        raise KubenasError(f"{path}: larger than {MAX_GENOTYPE_BYTES >> 20} MiB; a genotype is a small JSON file")
+    data = read_bounded(path, MAX_GENOTYPE_BYTES, path, hint="a genotype is a small JSON file", stdin_dash=True)
     return load_genotype(data, path)
 
 

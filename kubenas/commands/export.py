@@ -46,6 +46,13 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
                         help="drop-path probability recorded in model_config for the training run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     parser.add_argument("--results", default="results", help="where search names are looked up (default: results)")
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="trained weights (a model.safetensors of a final model or an earlier export): the "
+                             "network is built as the file describes it, carries these weights and its input "
+                             "normalisation; --cells, --channels, --classes may be left out")
+    parser.add_argument("--pareto", action="store_true",
+                        help="export every member of the Pareto front (a multi-objective search's results directory, "
+                             "its pareto.csv), each into OUTPUT/TRIAL_ID")
 
 
 def default_output(source: str, genotype_path: Path | str) -> Path:
@@ -58,17 +65,28 @@ def default_output(source: str, genotype_path: Path | str) -> Path:
 
 
 def run(command: str, args: argparse.Namespace) -> int:
+    if args.pareto:
+        return _run_pareto(args)
     try:
         from kubenas import export
 
         genotype_path = export.resolve_source(args.source, args.results)
         genotype = read_genotype(str(genotype_path))
-        size = export.plan_size(genotype, args.cells, args.channels, args.penultimate, args.phi,
-                                parse_shape(args.input))
         output = Path(args.output) if args.output else default_output(args.source, genotype_path)
-        meta = export.export(genotype, output, args.format, size, num_classes=args.classes,
-                             auxiliary=args.auxiliary, drop_path=args.drop_path, seed=args.seed,
-                             source=str(genotype_path))
+        if args.weights:
+            size, trained = export.trained_options(
+                args.weights, genotype, args.cells, args.channels, args.phi,
+                args.classes if args.classes != 10 else None,  # 10: the default, not a choice
+                parse_shape(args.input) if args.input != "3x32x32" else None)
+            meta = export.export(genotype, output, args.format, size, auxiliary=args.auxiliary,
+                                 drop_path=args.drop_path, seed=args.seed, source=str(genotype_path),
+                                 **{"num_classes": args.classes, **trained})
+        else:
+            size = export.plan_size(genotype, args.cells, args.channels, args.penultimate, args.phi,
+                                    parse_shape(args.input))
+            meta = export.export(genotype, output, args.format, size, num_classes=args.classes,
+                                 auxiliary=args.auxiliary, drop_path=args.drop_path, seed=args.seed,
+                                 source=str(genotype_path))
     except (KubenasError, OSError) as exc:
         return fail(str(exc))
     summary = {
@@ -88,4 +106,51 @@ def run(command: str, args: argparse.Namespace) -> int:
     if "onnx" in meta:
         summary["onnx"] = meta["onnx"]
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _pareto_members(source: str, results_root: str) -> tuple[Path, list[dict]]:
+    """The results directory and its front's members (trial, metrics, genotype) from pareto.csv."""
+    import csv
+
+    from kubenas.spaces import load_genotype
+
+    directory = Path(source) if Path(source).is_dir() else Path(results_root) / source
+    path = directory / "pareto.csv"
+    if not path.is_file():
+        raise KubenasError(f"{source}: no pareto.csv there; --pareto takes the results directory (or name) of a "
+                           "search with several objective.metrics")
+    members = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("on_front") == "1":
+                genotype = load_genotype(row["genotype"], f"{path} trial {row['trial']}")
+                metrics = {k: float(v) for k, v in row.items()
+                           if k not in ("trial", "front", "on_front", "hash", "genotype")}
+                members.append({"trial": row["trial"], "metrics": metrics, "genotype": genotype})
+    if not members:
+        raise KubenasError(f"{path}: no trial is on the front yet (no trial has succeeded)")
+    return directory, members
+
+
+def _run_pareto(args: argparse.Namespace) -> int:
+    """Every member of the front, each exported at the same size into OUTPUT/TRIAL."""
+    try:
+        from kubenas import export
+
+        directory, members = _pareto_members(args.source, args.results)
+        output = Path(args.output) if args.output else directory / "export-pareto"
+        written = []
+        for member in members:
+            size = export.plan_size(member["genotype"], args.cells, args.channels, args.penultimate, args.phi,
+                                    parse_shape(args.input))
+            meta = export.export(member["genotype"], output / member["trial"], args.format, size,
+                                 num_classes=args.classes, auxiliary=args.auxiliary, drop_path=args.drop_path,
+                                 seed=args.seed, source=str(directory / "pareto.csv"))
+            written.append({"trial": member["trial"], "output": str(output / member["trial"]),
+                            "search_metrics": member["metrics"], "parameters": meta["parameters"],
+                            "multiply_adds": meta["multiply_adds"], "architecture_hash": meta["architecture_hash"]})
+    except (KubenasError, OSError) as exc:
+        return fail(str(exc))
+    print(json.dumps({"output": str(output), "members": written}, indent=2))
     return 0

@@ -66,6 +66,15 @@ def run(command: str, args: argparse.Namespace) -> int:
     if best:
         worst = results.get("worst_reward")
         say(f"best reward {best['reward']:.4f} ({best['id']})" + (f", worst {worst:.4f}" if worst is not None else ""))
+    final = results.get("final_model")
+    if final:
+        test = final.get("testAccuracy")
+        say(f"final model {final['trial']} ({final.get('candidates', 0)} trained): validation accuracy "
+            f"{final['validationAccuracy']:.4f}, test accuracy "
+            f"{'n/a (no test split)' if test is None else format(test, '.4f')}"
+            + (f" on {final['testImages']} images" if final.get("testImages") else "") + f"; in {final['path']}")
+    elif results.get("final_error"):
+        say(f"final stage: {results['final_error']}", error=True)
     for name, path in sorted(results.get("files", {}).items()):
         say(f"  {name:14s} {path}")
     for problem in outcome.problems:

@@ -6,6 +6,7 @@ then. Fed with the controller's summary (the same JSON the operator reads).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any, Optional
@@ -72,6 +73,21 @@ class ProgressView:
         best = summary.get("bestReward")
         text = (f"failed {t.get('failed', 0)}  running {t.get('running', 0)}  "
                 f"best {'-' if best is None else f'{best:.4f}'}")
+        if summary.get("paretoFrontSize") is not None:  # several objectives: the front, not one best
+            hv = summary.get("hypervolume")
+            text += f"  front {summary['paretoFrontSize']}  hypervolume {'-' if hv is None else f'{hv:.4f}'}"
+        if summary.get("stage") in ("supernet", "deriving"):  # one-shot: the workers train the supernet first
+            text += "  supernet training" if summary["stage"] == "supernet" else "  deriving cells from the supernet"
+            net = summary.get("supernet") or {}
+            if net.get("epoch"):
+                text += f" epoch {net['epoch']}/{net.get('epochs') or '?'}"
+                for key, label in (("validationAccuracy", "val_acc"), ("architectureEntropy", "entropy")):
+                    if net.get(key) is not None:
+                        text += f" {label} {net[key]:.3f}"
+        final = summary.get("finalTrials")
+        if summary.get("stage") == "finalTraining" and final:  # the final stage trains the best again
+            ended = final.get("succeeded", 0) + final.get("failed", 0) + final.get("stopped", 0)
+            text += f"  final stage {ended}/{final.get('total', 0)}"
         return done, text
 
     def update(self, summary: dict) -> None:
@@ -86,8 +102,10 @@ class ProgressView:
             self.progress.update(self.task, completed=done, counts=text, eta=format_seconds(eta))
             return
         now = time.monotonic()
-        if done != self.last_done and (now - self.last_line > 5 or summary.get("finished")):
-            self.last_line, self.last_done = now, done
+        # the final stage's progress and the supernet's epochs too
+        key = (done, json.dumps(summary.get("finalTrials"), sort_keys=True), (summary.get("supernet") or {}).get("epoch"))
+        if key != self.last_done and (now - self.last_line > 5 or summary.get("finished")):
+            self.last_line, self.last_done = now, key
             line = f"{self.name}: {done}/{self.total} done  {text}  ETA {format_seconds(eta)}"
             if self.console is not None:
                 self.console.print(line, markup=False, highlight=False)

@@ -7,6 +7,10 @@
     summary.json        the controller's summary (counts, best, recent history)
     rewards.png         reward per trial with the running best
     best_cells.png      the best genotype's normal and reduction cells
+    pareto.csv, .png    several objective.metrics: every trial's metrics and the Pareto front
+    final.json          the final stage (spec.final): its trials and the final model
+    final/              the final model, trained (written by the controller: model.safetensors,
+                        model.torchscript.pt, model.onnx, model.json)
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ CSV_COLUMNS = ["id", "status", "outcome", "reward", "accuracy", "epochs", "param
                "train_seconds", "trainer", "attempt", "attempts", "resumed_from_epoch", "created", "started", "finished", "hash", "error", "genotype"]
 
 
-def read_trials(checkpoint_dir: str | Path) -> list[dict]:
-    """Trials from the controller's log (only the part its last checkpoint covers), in id order."""
+def read_trials(checkpoint_dir: str | Path, final: bool = False) -> list[dict]:
+    """Trials from the controller's log (only the part its last checkpoint covers), in id order:
+    the search's, or (`final`) the final stage's."""
     checkpoint_dir = Path(checkpoint_dir)
     log_path = checkpoint_dir / "trials.jsonl"
     if not log_path.exists():
@@ -47,6 +52,8 @@ def read_trials(checkpoint_dir: str | Path) -> list[dict]:
         except ValueError:
             continue
         kind, trial_id = event.get("e"), event.get("id")
+        if kind in ("trial", "result") and bool(event.get("final")) != final:
+            continue
         if kind == "trial":
             trials[trial_id] = {"id": trial_id, "status": "unfinished", "genotype": event.get("genotype"),
                                 "hash": event.get("hash"), "fidelity": event.get("fidelity"),
@@ -59,7 +66,8 @@ def read_trials(checkpoint_dir: str | Path) -> list[dict]:
             cost = event.get("cost") or {}
             record.update({k: event.get(k) for k in ("status", "outcome", "reward", "accuracy", "curve", "epochs",
                                                      "error", "trainer", "attempt", "device", "started",
-                                                     "finished", "applied", "resumed_from_epoch", "attempts")})
+                                                     "finished", "applied", "resumed_from_epoch", "attempts",
+                                                     "test_accuracy", "test_images", "export_path")})
             record.update(params=cost.get("params"), multiply_adds=cost.get("multiply_adds"),
                           train_seconds=cost.get("train_seconds"), cost=cost)
     return [trials[k] for k in sorted(trials)]
@@ -143,7 +151,29 @@ def write_results(output: str | Path, checkpoint_dir: str | Path, summary: Optio
         except Exception as exc:  # noqa: BLE001
             log.warning("best_cells.png not drawn: %s", exc)
 
+    from kubenas.local.pareto import summary_objectives
+
+    objectives = summary_objectives(summary)
+    if objectives is not None:  # several objectives: the front is the result, not one best
+        try:
+            from kubenas.local.pareto import write_pareto
+
+            files.update(write_pareto(output, trials, objectives))
+        except Exception as exc:  # noqa: BLE001 - a plot must not lose the results
+            log.warning("pareto.csv/pareto.png not written: %s", exc)
+
+    final_trials = read_trials(checkpoint_dir, final=True)
+    final_model = (summary or {}).get("finalModel")
+    if final_trials or final_model:
+        path = output / "final.json"
+        _atomic_text(path, json.dumps({"model": final_model, "error": (summary or {}).get("finalError"),
+                                       "trials": final_trials}, indent=2) + "\n")
+        files["final_json"] = str(path)
+    if final_model and final_model.get("path"):
+        files["final_model"] = final_model["path"]
+
     rewards = [t["reward"] for t in finished if t.get("status") == "succeeded" and t.get("reward") is not None]
     return {"files": files, "trials": len(trials), "finished": len(finished), "counts": count_trials(trials),
             "best": None if best is None else {"id": best["id"], "reward": best["reward"]},
+            "final_model": final_model, "final_error": (summary or {}).get("finalError"),
             "worst_reward": min(rewards) if rewards else None}

@@ -52,9 +52,10 @@ from kubenas.errors import KubenasError
 from kubenas.local.processes import Child
 from kubenas.local.redis_server import RedisServer
 from kubenas.local.run_directory import DirectoryInUse, RunDirectory
+from kubenas.local.supernet_group import SupernetGroup, derived_path, oneshot_command_from_environment
 from kubenas.manifest import load_manifest
 from kubenas.queue.keys import SearchKeys
-from kubenas.spec import ArchitectureSearch
+from kubenas.spec import ONE_SHOT_ALGORITHMS, ArchitectureSearch
 
 log = logging.getLogger("kubenas.run")
 
@@ -124,6 +125,7 @@ class RunOptions:
     lease_seconds: float = 30.0
     metrics_port: Optional[int] = None  # controller on it, trainer i on it + 1 + i; default: off
     trainer_command: list[str] = field(default_factory=lambda: trainer_command_from_environment())
+    oneshot_command: list[str] = field(default_factory=lambda: oneshot_command_from_environment())
     progress: Optional[bool] = None  # default: when stdout is a terminal
     controller_args: list[str] = field(default_factory=list)
     trainer_args: list[str] = field(default_factory=list)
@@ -161,6 +163,8 @@ class LocalRunner:
         self.draining_since: Optional[float] = None  # suspended, trainers kept until nothing runs
         self.idle_reads = 0
         self.saw_summary = False
+        self.group: Optional[SupernetGroup] = None  # one-shot: the supernet's worker group
+        self.wanted_trainers = 0
 
     # --- checks before anything starts ----------------------------------------------------
     def preflight(self, manifest: ArchitectureSearch) -> None:
@@ -179,16 +183,22 @@ class LocalRunner:
         if not (math.isfinite(o.lease_seconds) and 0 < o.lease_seconds <= 86400):
             raise KubenasError(f"--lease-seconds: {o.lease_seconds:g} is not accepted; use a number of seconds "
                                "above 0, at most 86400")
-        if o.metrics_port is not None and not (0 <= o.metrics_port and o.metrics_port + trainers <= 65535):
+        processes = trainers * spec.trainer.trials_per_gpu
+        if o.metrics_port is not None and not (0 <= o.metrics_port and o.metrics_port + processes <= 65535):
             raise KubenasError(f"--metrics-port: {o.metrics_port} is not accepted; the controller uses it and "
-                               f"trainer i PORT+1+i, so use 0 to {65535 - trainers}")
+                               f"trainer process i PORT+1+i, so use 0 to {65535 - processes}")
         if not DEVICE.match(o.device):
             raise KubenasError(f"--device: {o.device!r} is not accepted; use auto, cpu, cuda or cuda:N")
         if o.device.startswith("cuda"):
             self._check_cuda(o.device)
         from kubenas.training.datasets import preflight_dataset
 
-        preflight_dataset(spec.training.dataset)
+        preflight_dataset(spec.training.dataset, spec.training.skeleton)
+        if spec.objective.latency is not None:
+            # The controller's own check of the table (it imports torch, so only when there is one).
+            from kubenas_controller.controller import load_latency_table
+
+            load_latency_table(spec, build_space(spec.search_space))
         if o.redis_url is not None:
             self._check_redis(o.redis_url)
         self._check_output(manifest)
@@ -241,7 +251,9 @@ class LocalRunner:
         o, spec = self.o, manifest.spec
         keys = SearchKeys(manifest.metadata.namespace, manifest.metadata.name)
         trainers = o.trainers or spec.budget.parallelism
-        threads = o.threads or max(1, cpu_count() // trainers)
+        # trainer.trialsPerGPU: each trainer is a supervisor of that many trainer processes (as in a pod).
+        self._processes = spec.trainer.trials_per_gpu
+        threads = o.threads or max(1, cpu_count() // (trainers * self._processes))
         resumed = (o.output / "checkpoint" / "state.json").exists()
         (o.output / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -275,10 +287,15 @@ class LocalRunner:
         try:
             self._say(f"{'resuming' if resumed else 'starting'} search {keys.search}: {spec.strategy.algorithm} on "
                       f"{spec.search_space.type}, {spec.budget.max_trials} trials, {trainers} trainer"
-                      f"{'s' if trainers != 1 else ''} x {threads} thread{'s' if threads != 1 else ''}"
+                      f"{'s' if trainers != 1 else ''}"
+                      f"{f' x {self._processes} processes' if self._processes > 1 else ''}"
+                      f" x {threads} thread{'s' if threads != 1 else ''}"
                       f"{', redis ' + ('embedded' if server else 'external')}; results in {o.output}")
             controller.start()
-            self._scale_to(0 if spec.suspend else trainers)
+            self._start_supernet(manifest, directory)
+            # One-shot: the supernet's workers have the trainers' place (cores, GPUs) until they are done.
+            self.wanted_trainers = trainers
+            self._scale_to(0 if spec.suspend or self.group is not None else trainers)
             self.suspended = spec.suspend
             summary, stopped_by = self._watch(keys, url, spec.budget.max_trials, controller, server, directory)
         finally:
@@ -345,6 +362,10 @@ class LocalRunner:
                 code = 1
                 self.problems.append(f"too many trials failed ({counts.get('failed', 0)}); "
                                      f"{self._common_error(trials)}")
+            elif summary.get("finalError") and not summary.get("finalModel"):
+                code = 1
+                self.problems.append(f"the final stage produced no model: {summary['finalError']} (logs: "
+                                     f"{self.o.output / 'logs'})")
             if results is None and code == 0:
                 code = 1  # finished, but the results could not be written (said in problems)
         return RunOutcome(code, finished, interrupted, None if refused else summary, results,
@@ -426,7 +447,7 @@ class LocalRunner:
             sys.executable, "-m", "kubenas_controller", "--spec", str(o.manifest), "--namespace", keys.namespace,
             "--name", keys.name, "--redis-url", url, "--checkpoint-dir", str(o.output / "checkpoint"),
             "--metrics-port", self._port(0), "--lease-seconds", str(o.lease_seconds),
-            "--artifacts", str(o.output / "artifacts"), *o.controller_args],
+            "--artifacts", str(o.output / "artifacts"), "--final-dir", str(o.output / "final"), *o.controller_args],
             o.output / "logs" / "controller.log", env)
 
     def _port(self, offset: int) -> str:
@@ -439,13 +460,56 @@ class LocalRunner:
         threads = self._threads
         cmd = [*o.trainer_command, "--redis-url", self._url, "--namespace", self._keys.namespace,
                "--name", self._keys.name, "--trainer-id", f"trainer-{i}", "--threads", str(threads),
-               "--device", o.device, "--metrics-port", self._port(1 + i), "--lease-seconds", str(o.lease_seconds),
+               "--device", o.device, "--metrics-port", self._port(1 + i * self._processes),
+               "--lease-seconds", str(o.lease_seconds),
                # trial checkpoints: a trial handed back or re-delivered resumes on any trainer
                "--artifacts", str(o.output / "artifacts"), *o.trainer_args]
+        if self._processes > 1:  # its processes serve metrics on PORT+1+i*K ... (one block per trainer)
+            cmd += ["--processes", str(self._processes)]
         env = dict(self._env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         if self._gpus:  # one GPU per trainer, round-robin, as a cluster gives each trainer pod its own
             env["CUDA_VISIBLE_DEVICES"] = self._gpus[i % len(self._gpus)]
         return Child(f"trainer-{i}", cmd, o.output / "logs" / f"trainer-{i}.log", env)
+
+    def _start_supernet(self, manifest: ArchitectureSearch, directory: RunDirectory) -> None:
+        """One-shot: start the supernet's worker group, unless it already derived its genotypes."""
+        o, spec = self.o, manifest.spec
+        if spec.strategy.algorithm not in ONE_SHOT_ALGORITHMS:
+            return
+        artifacts = o.output / "artifacts"
+        if derived_path(artifacts).exists():
+            return  # resumed after the supernet finished: the controller has (or reads) its genotypes
+        spec_path = o.output / "supernet-spec.json"  # the workers' input: the spec as JSON
+        spec_path.write_text(spec.model_dump_json(by_alias=True))
+        workers = spec.one_shot.workers
+        self.group = SupernetGroup(o.oneshot_command, spec_path, artifacts, workers, spec.one_shot.max_restarts,
+                                   o.output / "logs", self._env, max(1, cpu_count() // workers), o.device,
+                                   self._gpus, lambda text, error: self._say(text, error=error))
+        if spec.suspend:  # started by `kubenas resume`
+            self.group.paused = True
+            return
+        self._say(f"supernet: {workers} data-parallel worker{'s' if workers != 1 else ''} "
+                  f"({spec.strategy.algorithm}); checkpoints in {artifacts / 'supernet'}")
+        self.group.start()
+        directory.write(supernetWorkers=self.group.pids)
+
+    def _keep_supernet(self, directory: RunDirectory) -> bool:
+        """Watch the worker group (it restarts itself on the loss of a worker); False once it failed for good."""
+        group = self.group
+        if group is None:
+            return True
+        before = group.pids
+        if not group.check():
+            self.problems.append(group.problem or "the supernet's worker group failed")
+            return False
+        if group.done:
+            self.group = None
+            directory.write(supernetWorkers=[])
+            if not self.suspended:
+                self._scale_to(self.wanted_trainers)
+        elif group.pids != before:
+            directory.write(supernetWorkers=group.pids)
+        return True
 
     def _scale_to(self, wanted: int) -> None:
         """Start or stop trainer processes until `wanted` run; stopped ones hand their trials back."""
@@ -490,6 +554,9 @@ class LocalRunner:
                 self._apply_live_spec(client, keys, view, directory)
                 if not self._keep_trainers(controller):
                     stopped_by = "trainers"
+                    break
+                if not self._keep_supernet(directory):
+                    stopped_by = "supernet"
                     break
                 fresh = self._read_summary(url, keys)
                 if fresh is not None:
@@ -544,7 +611,14 @@ class LocalRunner:
             self._say(f"scaled to {wanted} trainer{'s' if wanted != 1 else ''} (revision {live.revision})")
         self.suspended = live.suspend
         view.set_total(live.budget.max_trials)
-        if not live.suspend:
+        self.wanted_trainers = wanted
+        if self.group is not None:  # the supernet's workers have the trainers' place for now
+            if live.suspend:
+                self.group.pause()
+            else:
+                self.group.resume()
+            directory.write(supernetWorkers=self.group.pids if not self.group.paused else [])
+        if not live.suspend and self.group is None:
             self._scale_to(wanted)
         elif self.draining_since is not None and wanted < len(self.trainers):
             self._scale_to(wanted)  # scaled down while draining
@@ -597,7 +671,9 @@ class LocalRunner:
         return True
 
     def _shutdown(self, controller: Child) -> None:
-        """Trainers first (they hand trials back), then the controller (it checkpoints)."""
+        """Supernet workers and trainers first (they hand trials back), then the controller (it checkpoints)."""
+        if self.group is not None:
+            self.group.stop()
         everyone = self.trainers + self.retiring
         for w in everyone:
             w.signal(signal.SIGTERM)

@@ -12,6 +12,7 @@ from kubenas.nn.ops import OPS_BY_SPACE, ReLUConvBN
 from kubenas.spaces import space_of
 from kubenas.spaces.nasbench201 import parse_cellstr
 from kubenas.spaces.nasnet import cell_outputs
+from kubenas.spec import SKELETON_REDUCTIONS  # stride-2 steps of each skeleton
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,17 @@ class ModelConfig:
     stem_multiplier: int = 3
     auxiliary: bool = False
     drop_path: float = 0.0
+    skeleton: str = "cifar"  # cifar | imagenet: the layout before the N-cell stages (cell spaces only)
+
+
+# NASNet's ImageNet stem: a 3x3 stride-2 convolution with 32 filters (the Mobile network's;
+# Zoph et al. 2018, figure 2), then two reduction cells at F/4 and F/2 filters.
+IMAGENET_STEM_FILTERS = 32
+
+
+def smallest_input(skeleton: str) -> int:
+    """The smallest height and width a skeleton reduces to at least one pixel."""
+    return 2 ** SKELETON_REDUCTIONS[skeleton]
 
 
 class AuxiliaryHead(nn.Module):
@@ -62,17 +74,38 @@ class Network(nn.Module):
 
 
 class CellNetwork(Network):
-    """stem, N normal cells, reduction, N normal, reduction, N normal (NASNet CIFAR)."""
+    """stem, N normal cells, reduction, N normal, reduction, N normal (NASNet CIFAR).
+
+    The imagenet skeleton (NASNet's ImageNet layout) replaces the stride-1 stem with a
+    3x3 stride-2 convolution and two reduction cells at F/4 and F/2 filters, so that a
+    224-pixel input reaches the first stage at 28 pixels and the classifier at 7."""
 
     def __init__(self, genotype: dict, cfg: ModelConfig):
         super().__init__()
+        if cfg.skeleton not in SKELETON_REDUCTIONS:
+            raise ValueError(f"training.skeleton: {cfg.skeleton!r} is not accepted; choose one of "
+                             f"{sorted(SKELETON_REDUCTIONS)}")
         ops = OPS_BY_SPACE[genotype["space"]]
         c = cfg.channels
-        c_stem = cfg.stem_multiplier * c
-        self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
-        c_pp, c_p = c_stem, c_stem
-        self.cells = nn.ModuleList()
+        self.stem_cells = nn.ModuleList()  # not in self.cells: no drop path, no aux index shift
         reduction_prev = False
+        if cfg.skeleton == "imagenet":
+            c_stem = IMAGENET_STEM_FILTERS
+            self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, c_stem, 3, stride=2, padding=1, bias=False),
+                                      nn.BatchNorm2d(c_stem))
+            c_pp, c_p = c_stem, c_stem
+            for scale in (4, 2):  # the reference's filter scaling 1/rate^2, then 1/rate
+                cell = BlockCell(genotype["reduction"], ops, c_pp, c_p, max(1, c // scale), True, reduction_prev,
+                                 cell_outputs(genotype, "reduction"))
+                self.stem_cells.append(cell)
+                reduction_prev = True
+                c_pp, c_p = c_p, cell.out_channels
+        else:
+            c_stem = cfg.stem_multiplier * c
+            self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, c_stem, 3, padding=1, bias=False),
+                                      nn.BatchNorm2d(c_stem))
+            c_pp, c_p = c_stem, c_stem
+        self.cells = nn.ModuleList()
         n = cfg.cells_per_stage
         layout = ["normal"] * n + ["reduction"] + ["normal"] * n + ["reduction"] + ["normal"] * n
         self.aux_index = 2 * n + 1  # the cell after the second reduction's stage input
@@ -92,6 +125,8 @@ class CellNetwork(Network):
 
     def forward(self, x: torch.Tensor):
         s0 = s1 = self.stem(x)
+        for cell in self.stem_cells:
+            s0, s1 = s1, cell(s0, s1)
         aux = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1)
@@ -157,5 +192,8 @@ def build_model(genotype: dict, cfg: ModelConfig | None = None) -> Network:
     cfg = cfg or ModelConfig()
     genotype = space_of(genotype).validate_architecture(genotype)
     if genotype["space"] == "nasbench201":
+        if cfg.skeleton != "cifar":
+            raise ValueError(f"training.skeleton: {cfg.skeleton!r} is not accepted for nasbench201, whose "
+                             "skeleton is fixed; use cifar")
         return NB201Network(genotype, cfg)
     return CellNetwork(genotype, cfg)

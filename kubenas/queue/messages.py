@@ -81,11 +81,22 @@ class TrialMessage(Message):
     warm_start: Optional[Literal["inherit", "resume"]] = Field(
         default=None, description="inherit: copy the parent's matching weights into a fresh network; "
                                   "resume: the parent's architecture, all its weights, training on.")
+    final: bool = Field(default=False, description="A final-stage trial: after training, the trainer tests the "
+                                                   "network once and exports it with its weights.")
+
+    schedule_epochs: Optional[int] = Field(
+        default=None, ge=1, le=1000, description="The learning-rate schedule's length when the trial is part of a "
+                                                 "longer one (PBT: the member's epochs); None: `epochs`.")
+    schedule_start: int = Field(default=0, ge=0, le=1000,
+                                description="The epoch of that schedule the trial starts at.")
 
     @model_validator(mode="after")
     def _warm_start_needs_a_parent(self) -> "TrialMessage":
         if self.warm_start is not None and self.parent_trial_id is None:
             raise ValueError("warm_start needs parent_trial_id")
+        if self.schedule_start and (self.schedule_epochs is None or self.schedule_start >= self.schedule_epochs):
+            raise ValueError(f"schedule_start {self.schedule_start} must be below schedule_epochs "
+                             f"{self.schedule_epochs}")
         return self
 
 
@@ -113,6 +124,10 @@ class ResultMessage(Message):
         default=None, ge=0, le=1000, description="The checkpoint's epoch this run continued from (None: from scratch).")
     attempts: int = Field(default=1, ge=1, le=10_000,
                           description="Runs the trial took: handed back, taken over or retried, plus the last.")
+    test_accuracy: Optional[Fraction] = Field(default=None, description="A final trial's accuracy on the test split.")
+    test_images: Optional[int] = Field(default=None, ge=0)
+    export_path: Optional[Annotated[str, Field(max_length=4096)]] = Field(
+        default=None, description="A final trial's exported model (a directory in the artifact store).")
 
     @model_validator(mode="after")
     def _reward_unless_failed(self) -> "ResultMessage":

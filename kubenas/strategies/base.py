@@ -35,6 +35,11 @@ class Trial:
     # trains on, possibly with new hyperparameters (PBT's exploit).
     parent_id: Optional[str] = None
     warm_start: Optional[WarmStart] = None
+    # The learning-rate schedule this trial is a part of: a cosine over `schedule_epochs`
+    # epochs, entered at epoch `schedule_start` (PBT: an interval continues its member's
+    # schedule over max_epochs). None: the trial's own epochs, from the start.
+    schedule_epochs: Optional[int] = None
+    schedule_start: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,10 +201,12 @@ class Strategy(ABC):
         """Up to `n` new trials (registered with `_new_trial`), from everything told so far."""
 
     def _new_trial(self, genotype: Genotype, fidelity: Optional[int] = None, parent_id: Optional[str] = None,
-                   warm_start: Optional[WarmStart] = None) -> Trial:
+                   warm_start: Optional[WarmStart] = None, schedule_epochs: Optional[int] = None,
+                   schedule_start: int = 0) -> Trial:
         """Register a proposal; `warm_start` applies only when a parent is named."""
         trial = Trial(id=f"t{self.next_id:06d}", genotype=genotype, fidelity=fidelity, parent_id=parent_id,
-                      warm_start=warm_start if parent_id is not None else None)
+                      warm_start=warm_start if parent_id is not None else None, schedule_epochs=schedule_epochs,
+                      schedule_start=schedule_start)
         self.next_id += 1
         self.pending[trial.id] = trial
         return trial

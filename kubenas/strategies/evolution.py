@@ -8,12 +8,18 @@ Asynchronous by nature: results join the population in completion order.
 With `inherit_weights`, a child names its parent (`Trial.parent_id`) and
 starts from the parent's weights where the mutation left the network
 unchanged (`warm_start="inherit"`, Real et al. 2017).
+
+With several objectives (`objectives.is_multi`) "best" is the member with the
+lowest non-dominated rank in the population, then the largest crowding distance
+(NSGA-II's order, Deb et al. 2002), so tournaments favour the front and its less
+crowded stretches; aging is unchanged. One objective behaves exactly as before.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
+from kubenas.objectives import Objectives, rank_and_crowding
 from kubenas.spaces import Genotype, SearchSpace
 from kubenas.strategies.base import Result, Strategy, Trial
 from kubenas.strategies.encoding import Encoding
@@ -23,7 +29,7 @@ class RegularizedEvolution(Strategy):
     name = "evolution"
 
     def __init__(self, space: SearchSpace, seed: int = 0, population: int = 100, sample: int = 25,
-                 inherit_weights: bool = False):
+                 inherit_weights: bool = False, objectives: Optional[Objectives] = None):
         super().__init__(space, seed)
         if population < 1 or not 1 <= sample <= population:
             raise ValueError(f"evolution: need population >= 1 and 1 <= sample <= population "
@@ -35,6 +41,10 @@ class RegularizedEvolution(Strategy):
         self.population: list[tuple[list[int], float]] = []  # oldest first
         self.member_ids: list[Optional[str]] = []  # the trial of each member: a child's parent
         self.proposed = 0
+        self.objectives = objectives or Objectives()
+        # Several objectives: each member's values (minimised), and the order they give (cached).
+        self.points: list[tuple[float, ...]] = []
+        self._order: Optional[list[tuple[int, float]]] = None
 
     def ask(self, n: int = 1) -> list[Trial]:
         return self._ask_children(n, self._propose, self.inherit_weights)
@@ -46,18 +56,31 @@ class RegularizedEvolution(Strategy):
             return self.encoding.genotype(self.encoding.random(self.rng)), None
         k = min(self.sample_size, len(self.population))
         contenders = self.rng.sample(range(len(self.population)), k)
-        parent = max(contenders, key=lambda i: (self.population[i][1], -i))
+        if self.objectives.is_multi:
+            if self._order is None:
+                self._order = rank_and_crowding(self.points)
+            parent = min(contenders, key=lambda i: (self._order[i], i))
+        else:
+            parent = max(contenders, key=lambda i: (self.population[i][1], -i))
         child = self.encoding.mutate(self.population[parent][0], self.rng)
         return self.encoding.genotype(child), self.member_ids[parent]
 
     def _observe(self, trial: Trial, result: Result) -> None:
         if result.reward is None:
             return  # a failed child does not join the population
+        if self.objectives.is_multi:
+            values = self.objectives.values(result.reward, result.cost)
+            if values is None:
+                return  # a metric was not measured: nothing to rank it by
+            self.points.append(self.objectives.minimized(values))
+            self._order = None
         self.population.append((self.encoding.indices(trial.genotype), float(result.reward)))
         self.member_ids.append(trial.id)
         if len(self.population) > self.population_size:
             self.population.pop(0)  # aging: the oldest dies
             self.member_ids.pop(0)
+            if self.objectives.is_multi:
+                self.points.pop(0)
 
     def checkpoints_needed(self) -> set[str]:
         return {i for i in self.member_ids if i is not None} if self.inherit_weights else set()
@@ -66,6 +89,8 @@ class RegularizedEvolution(Strategy):
         state = super().state_dict()
         state.update(population=[[list(ind), r] for ind, r in self.population], member_ids=list(self.member_ids),
                      proposed=self.proposed)
+        if self.objectives.is_multi:
+            state["points"] = [list(p) for p in self.points]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -74,3 +99,5 @@ class RegularizedEvolution(Strategy):
         # States saved before members' trial ids were kept: no parent to name.
         self.member_ids = list(state.get("member_ids", [None] * len(self.population)))
         self.proposed = state["proposed"]
+        self.points = [tuple(p) for p in state.get("points", [])]
+        self._order = None

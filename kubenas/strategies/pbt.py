@@ -6,7 +6,10 @@ hyperparameters) and train in intervals of `perturbation_interval` epochs,
 each interval one trial that resumes the member's own last checkpoint
 (`warm_start="resume"`, `parent_id` = the trial that wrote it: the trainer
 loads all its weights and trains on) for `fidelity` epochs: the interval, or
-what is left of `max_epochs` (the member's epochs are counted here).
+what is left of `max_epochs` (the member's epochs are counted here). A member
+has one cosine learning-rate schedule over `max_epochs`: each interval enters
+it at the member's epochs (`schedule_start`), so an interval continues the
+schedule rather than restarting it; an explored learning rate scales it from there.
 When an interval's result arrives (asynchronously: no member waits for the
 others), and the member has trained at least `burn_in_period` epochs:
 
@@ -95,8 +98,11 @@ class PopulationBasedTraining(Strategy):
             if member.genotype is None:
                 member.genotype = self.space.sample(self.rng)
             fidelity = min(self.perturbation_interval, self.max_epochs - member.epochs)
+            # The member's one cosine schedule over max_epochs goes on where its checkpoint left it
+            # (an exploited member: where the member it copied was), from its current learning rate.
             trial = self._new_trial(member.genotype, fidelity=fidelity, parent_id=member.checkpoint,
-                                    warm_start="resume")
+                                    warm_start="resume", schedule_epochs=self.max_epochs,
+                                    schedule_start=member.epochs)
             member.running = trial.id
             self.member_of[trial.id] = index
             trials.append(trial)

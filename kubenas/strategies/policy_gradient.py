@@ -28,6 +28,7 @@ from torch import nn
 
 from kubenas.spaces import SearchSpace
 from kubenas.strategies.base import Result, Strategy, Trial
+from kubenas.training.checkpoints import param_groups_from_json, plain_json
 from kubenas.strategies.encoding import Encoding
 
 
@@ -173,7 +174,7 @@ class PolicyGradient(Strategy):
             optimizer={
                 "state": [[int(k), {n: (t.clone() if torch.is_tensor(t) else t) for n, t in v.items()}]
                           for k, v in sorted(opt["state"].items())],
-                "param_groups": [_plain(g) for g in opt["param_groups"]],
+                "param_groups": plain_json(opt["param_groups"]),
             },
             generator=self.generator.get_state(),
             baseline=self.baseline,
@@ -186,21 +187,11 @@ class PolicyGradient(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.model.load_state_dict(state["model"])
-        groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else dict(g)
-                  for g in state["optimizer"]["param_groups"]]
         self.optimizer.load_state_dict({"state": {k: dict(v) for k, v in state["optimizer"]["state"]},
-                                        "param_groups": groups})
+                                        "param_groups": param_groups_from_json(state["optimizer"]["param_groups"])})
         self.generator.set_state(state["generator"])
         self.baseline = state["baseline"]
         self.meta = {k: {"actions": list(v["actions"]), "logp": float(v["logp"])} for k, v in state["meta"]}
         self.buffer = [dict(b, actions=list(b["actions"])) for b in state["buffer"]]
         self.updates = state["updates"]
 
-
-def _plain(value: Any) -> Any:
-    """Tuples to lists, recursively, so optimizer settings are JSON-safe."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

@@ -28,10 +28,11 @@ import random
 import re
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
+
+from kubenas.files import write_atomic
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the controller prunes without it
     import torch
@@ -125,16 +126,7 @@ class TrialCheckpointStore:
         return meta_path
 
     def _write(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, data, fsync=self.fsync)
 
     def _drop_others(self, directory: Path, keep_stem: str) -> None:
         # Metadata first: a tensors file without its JSON is never read.
@@ -308,18 +300,7 @@ def capture(trial_id: str, epoch: int, model: torch.nn.Module, genotype_hash: st
     """A checkpoint of live training objects (tensors copied to the CPU)."""
     import torch
 
-    opt_json: dict[str, Any] = {}
-    opt_tensors: dict[str, torch.Tensor] = {}
-    if optimizer is not None:
-        sd = optimizer.state_dict()
-        values: dict[str, dict[str, Any]] = {}
-        for index, entry in sd["state"].items():
-            for key, value in entry.items():
-                if isinstance(value, torch.Tensor):
-                    opt_tensors[f"{index}/{key}"] = value
-                else:
-                    values.setdefault(str(index), {})[key] = value
-        opt_json = {"param_groups": sd["param_groups"], "values": values}
+    opt_json, opt_tensors = optimizer_parts(optimizer) if optimizer is not None else ({}, {})
     rng_tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -331,7 +312,7 @@ def capture(trial_id: str, epoch: int, model: torch.nn.Module, genotype_hash: st
         trial_id=trial_id, epoch=epoch, step=step,
         model={k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
         genotype_hash=genotype_hash, train_config=dict(train_config), optimizer=opt_json,
-        optimizer_tensors={k: v.detach().to("cpu").clone() for k, v in opt_tensors.items()},
+        optimizer_tensors=opt_tensors,
         scheduler=dict(scheduler.state_dict()) if scheduler is not None else {},
         rng=rng, rng_tensors={k: v.detach().to("cpu").clone() for k, v in rng_tensors.items()},
         progress=dict(progress or {}), extra_tensors={k: v.detach().to("cpu").clone() for k, v in (extra or {}).items()})
@@ -363,7 +344,8 @@ def restore(checkpoint: TrialCheckpoint, model: torch.nn.Module,
     check_model_fits(checkpoint, model)
     opt_state = None
     if optimizer is not None:
-        opt_state = _optimizer_state(checkpoint, optimizer)
+        opt_state = optimizer_state_from_parts(optimizer, checkpoint.optimizer, checkpoint.optimizer_tensors,
+                                               f"trial {checkpoint.trial_id}")
     try:
         if scheduler is not None:
             probe = scheduler.state_dict()
@@ -373,6 +355,7 @@ def restore(checkpoint: TrialCheckpoint, model: torch.nn.Module,
         torch_cpu = checkpoint.rng_tensors.get("torch_cpu")
         if torch_cpu is None or torch_cpu.dtype != torch.uint8:
             raise CheckpointInvalid("corrupt", f"trial {checkpoint.trial_id}: no torch RNG state")
+        cuda_states = _cuda_rng_states(checkpoint)  # checked before anything changes
         model.load_state_dict(checkpoint.model, strict=True)
         if optimizer is not None:
             optimizer.load_state_dict(opt_state)
@@ -381,11 +364,8 @@ def restore(checkpoint: TrialCheckpoint, model: torch.nn.Module,
         torch.set_rng_state(torch_cpu)
         if generator is not None and "generator" in checkpoint.rng_tensors:
             generator.set_state(checkpoint.rng_tensors["generator"])
-        if torch.cuda.is_available():
-            states = [checkpoint.rng_tensors[f"torch_cuda/{i}"] for i in range(torch.cuda.device_count())
-                      if f"torch_cuda/{i}" in checkpoint.rng_tensors]
-            if len(states) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(states)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
         _set_python_rng(checkpoint.rng.get("python"))
         _set_numpy_rng(checkpoint.rng.get("numpy"))
     except CheckpointInvalid:
@@ -395,24 +375,86 @@ def restore(checkpoint: TrialCheckpoint, model: torch.nn.Module,
                                            f"{type(exc).__name__}: {str(exc)[:300]}") from None
 
 
-def _optimizer_state(checkpoint: TrialCheckpoint, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    groups = checkpoint.optimizer.get("param_groups")
+def _cuda_rng_states(checkpoint: TrialCheckpoint) -> Optional[list[torch.Tensor]]:
+    """The CUDA generators' states to restore: one per visible GPU, when the checkpoint has
+    them all. None on a trainer without CUDA, and for a checkpoint written without it (on a
+    CPU trainer, or with fewer GPUs): CUDA's generators then stay as seeded, and nothing of
+    CUDA is touched, so the CPU path is the same with or without these entries."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    states = [checkpoint.rng_tensors.get(f"torch_cuda/{i}") for i in range(torch.cuda.device_count())]
+    if not states or any(state is None for state in states):
+        return None
+    if any(state.dtype != torch.uint8 or state.dim() != 1 for state in states):
+        raise CheckpointInvalid("corrupt", f"trial {checkpoint.trial_id}: a CUDA RNG state that is no byte vector")
+    return states
+
+
+# --- optimizer state as JSON plus tensors (no pickle) ------------------------------------------
+# The layout of trial checkpoints: JSON {"param_groups", "values": {param index: {key: number}}}
+# and tensors "<param index>/<key>" (under "<prefix>/" when several optimizers share a file).
+
+def optimizer_parts(optimizer: torch.optim.Optimizer, prefix: str = "") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """An optimizer's state as JSON plus CPU tensors."""
+    import torch
+
+    head = f"{prefix}/" if prefix else ""
+    sd = optimizer.state_dict()
+    values: dict[str, dict[str, Any]] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for index, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{head}{index}/{key}"] = value.detach().to("cpu").clone()
+            else:
+                values.setdefault(str(index), {})[key] = value
+    return {"param_groups": plain_json(sd["param_groups"]), "values": values}, tensors
+
+
+def load_optimizer_parts(optimizer: torch.optim.Optimizer, values: dict[str, Any], tensors: dict[str, torch.Tensor],
+                         prefix: str) -> None:
+    """Load what optimizer_parts(optimizer, prefix) wrote (CheckpointInvalid, with nothing changed, if it does not fit)."""
+    head = f"{prefix}/"
+    own = {key[len(head):]: tensor for key, tensor in tensors.items() if key.startswith(head)}
+    optimizer.load_state_dict(optimizer_state_from_parts(optimizer, values, own, prefix))
+
+
+def optimizer_state_from_parts(optimizer: torch.optim.Optimizer, values: dict[str, Any],
+                               tensors: dict[str, torch.Tensor], where: str) -> dict[str, Any]:
+    """The state_dict that optimizer_parts' JSON and tensors describe, checked against `optimizer`."""
+    groups = values.get("param_groups")
     own = optimizer.state_dict()["param_groups"]
     if not isinstance(groups, list) or [len(g.get("params", [])) for g in groups] != [len(g["params"]) for g in own]:
-        raise CheckpointInvalid("shape", f"trial {checkpoint.trial_id}: the optimizer state does not fit the network")
+        raise CheckpointInvalid("shape", f"{where}: the optimizer state does not fit the network")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, Any]] = {}
-    for key, tensor in checkpoint.optimizer_tensors.items():
+    for key, tensor in tensors.items():
         index, _, name = key.partition("/")
         if not index.isdigit() or int(index) >= len(params) or not name:
-            raise CheckpointInvalid("corrupt", f"trial {checkpoint.trial_id}: unexpected optimizer tensor {key!r}")
+            raise CheckpointInvalid("corrupt", f"{where}: unexpected optimizer tensor {key!r}")
         if name == "momentum_buffer" and tuple(tensor.shape) != tuple(params[int(index)].shape):
-            raise CheckpointInvalid("shape", f"trial {checkpoint.trial_id}: optimizer buffer {key} has shape "
+            raise CheckpointInvalid("shape", f"{where}: optimizer buffer {key} has shape "
                                              f"{tuple(tensor.shape)}, its parameter {tuple(params[int(index)].shape)}")
         state.setdefault(int(index), {})[name] = tensor
-    for index, values in (checkpoint.optimizer.get("values") or {}).items():
-        state.setdefault(int(index), {}).update(values)
-    return {"state": state, "param_groups": groups}
+    for index, entries in (values.get("values") or {}).items():
+        state.setdefault(int(index), {}).update(entries)
+    return {"state": state, "param_groups": param_groups_from_json(groups)}
+
+
+def plain_json(value: Any) -> Any:
+    """Tuples to lists and keys to strings, recursively, so optimizer settings are JSON as they will read back."""
+    if isinstance(value, dict):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v) for v in value]
+    return value
+
+
+def param_groups_from_json(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Param groups as torch writes them: Adam's betas are a tuple (JSON made it a list)."""
+    return [dict(g, betas=tuple(g["betas"])) if "betas" in g else dict(g) for g in groups]
 
 
 def _parse_metadata(raw: bytes, where: str) -> dict[str, Any]:

@@ -2,16 +2,18 @@
 
 Proxy tasks are small enough to live in memory (on the GPU where it fits),
 which removes the data loader from the hot loop. Every failure is a
-DatasetError naming the dataset, the problem and the fix.
+DatasetError naming the dataset, the problem and the fix. The one exception:
+an imagefolder dataset above its cache limit is read from disk each epoch
+(kubenas/training/imagefolder.py); its Splits hold torch Datasets instead.
 """
 
 from __future__ import annotations
 
 import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -19,25 +21,67 @@ import torch
 from kubenas.errors import DatasetError
 
 if TYPE_CHECKING:
-    from kubenas.spec import DatasetSpec
+    from kubenas.spec import AugmentationSpec, DatasetSpec
 
 # Neither side of a split may be smaller: a reward measured on fewer images is noise.
 MIN_SPLIT_IMAGES = 5
 
 
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation, resolved from training.augmentation."""
+
+    padding: int = 0  # random crop after padding by this many pixels; 0: none
+    flip: bool = False  # horizontal flips
+    cutout: int = 0  # side of the square erased; 0: none
+
+    @classmethod
+    def of(cls, spec: Optional["AugmentationSpec"]) -> Optional["Augment"]:
+        if spec is None:
+            return None  # the dataset's default
+        return cls(padding=spec.padding if spec.random_crop else 0, flip=spec.horizontal_flip, cutout=spec.cutout)
+
+
 @dataclass
 class Splits:
     name: str
-    train_x: torch.Tensor  # (N, C, H, W) float32, normalised
-    train_y: torch.Tensor  # (N,) int64
-    val_x: torch.Tensor
-    val_y: torch.Tensor
+    train_x: Optional[torch.Tensor]  # (N, C, H, W) float32, normalised; None when streamed (train_set)
+    train_y: Optional[torch.Tensor]  # (N,) int64
+    val_x: Optional[torch.Tensor]
+    val_y: Optional[torch.Tensor]
     num_classes: int
     mirror_ok: bool  # whether horizontal flips keep the label (not for digits)
+    # Per-channel statistics of the [0, 1] (or raw npz) inputs that normalised the images.
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    augment: Optional[Augment] = None  # None: the default translation (and flips where mirror_ok)
+    classes: Optional[list[str]] = None  # class names by label (imagefolder)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable files left out: (path, why)
+    # Streamed (imagefolder above its cache limit): batches come from a DataLoader over these.
+    train_set: Any = None
+    val_set: Any = None
+    loader_workers: int = 0
+    image_shape: Optional[tuple[int, int, int]] = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.train_set is not None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+        if self.image_shape is not None:
+            return self.image_shape
+        return tuple(self.train_x.shape[1:])  # type: ignore[return-value,union-attr]
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_set) if self.streamed else len(self.train_x)  # type: ignore[arg-type]
+
+    def example(self) -> torch.Tensor:
+        """One validation image as a batch of one (normalised), e.g. to time a forward pass."""
+        if self.streamed:
+            return self.val_set[0][0][None]
+        return self.val_x[:1]  # type: ignore[index]
 
 
 def _channels_last(name: str, shape: tuple[int, ...], labels_shape: tuple[int, ...], labels_dtype: np.dtype) -> bool:
@@ -158,23 +202,44 @@ CIFAR_TRAIN_FILES = {
 DATASET_IMAGES = {"digits": 1797, "cifar10": 50_000, "cifar100": 50_000}
 
 
-def preflight_dataset(spec: "DatasetSpec") -> None:
+def preflight_dataset(spec: "DatasetSpec", skeleton: str = "cifar") -> None:
     """Check, before a search starts, what would otherwise fail every trial: the file or
-    directory is there and readable, the arrays have usable shapes, and the split leaves
-    enough images on both sides. Cheap: reads file names and array headers, no data.
+    directory is there and readable, the arrays have usable shapes, the split leaves
+    enough images on both sides, and the images are large enough for the skeleton's
+    reductions. Cheap: reads file names and array headers, no data.
     Raises DatasetError naming the field, the value and what is accepted."""
     check_split_settings(spec.validation_fraction, spec.train_subset)
     root = Path(spec.root).expanduser() if spec.root else None
+    if spec.name == "imagefolder":
+        from kubenas.training import imagefolder
+
+        _check_resolution(spec.image_size or imagefolder.DEFAULT_RESOLUTION, skeleton, "training.dataset.resolution")
+        imagefolder.preflight(spec)
+        return
     if spec.name == "npz":
-        images = _npz_images(root)
+        images = _npz_images(root, skeleton)
     elif spec.name in CIFAR_TRAIN_FILES:
         _check_cifar_files(spec.name, root, spec.download)
         images = DATASET_IMAGES[spec.name]
     elif spec.name in DATASET_IMAGES:
         images = DATASET_IMAGES[spec.name]
     else:
-        raise DatasetError(f"training.dataset.name: {spec.name!r} is not accepted; choose one of {sorted(DATASETS)}")
+        raise DatasetError(f"training.dataset.name: {spec.name!r} is not accepted; choose one of "
+                           f"{sorted([*DATASETS, 'imagefolder'])}")
     split_sizes(spec.name, images, spec.validation_fraction, spec.train_subset)
+    if spec.image_size is not None:
+        _check_resolution(spec.image_size, skeleton, "training.skeleton")
+
+
+def _check_resolution(size: int, skeleton: str, field_name: str) -> None:
+    from kubenas.spec import SKELETON_REDUCTIONS
+
+    if skeleton not in SKELETON_REDUCTIONS:
+        raise DatasetError(f"training.skeleton: {skeleton!r} is not accepted; choose one of {sorted(SKELETON_REDUCTIONS)}")
+    smallest = 2 ** SKELETON_REDUCTIONS[skeleton]
+    if size < smallest:
+        raise DatasetError(f"{field_name}: {size}-pixel images are too small for the {skeleton} skeleton, which "
+                           f"halves them {SKELETON_REDUCTIONS[skeleton]} times; it needs at least {smallest} pixels")
 
 
 def _check_cifar_files(name: str, root: Optional[Path], download: bool) -> None:
@@ -193,7 +258,7 @@ def _check_cifar_files(name: str, root: Optional[Path], download: bool) -> None:
                            "training.dataset.download: true where the network reaches the dataset's host")
 
 
-def _npz_images(path: Optional[Path]) -> int:
+def _npz_images(path: Optional[Path], skeleton: str = "cifar") -> int:
     """The image count of an .npz, from its arrays' headers (the data stays on disk)."""
     if path is None:
         raise DatasetError("training.dataset.root: dataset npz needs the path of an .npz file with arrays x and y")
@@ -226,13 +291,62 @@ def _npz_images(path: Optional[Path]) -> int:
                                "without pickled objects (numeric arrays)")
     if x_dtype.kind not in "biuf":
         raise DatasetError(f"dataset npz: {path} array x has dtype {x_dtype}; images must be numbers")
-    _channels_last("npz", x_shape, y_shape, y_dtype)
+    last = _channels_last("npz", x_shape, y_shape, y_dtype)
+    height, width = (x_shape[1], x_shape[2]) if last or len(x_shape) == 3 else (x_shape[2], x_shape[3])
+    _check_resolution(min(height, width), skeleton, "training.skeleton")
     return int(x_shape[0])
 
 
+def load_dataset_spec(spec: "DatasetSpec", seed: int = 0, augmentation: Optional["AugmentationSpec"] = None) -> Splits:
+    """The dataset a trial trains on, as training.dataset and training.augmentation describe it."""
+    augment = Augment.of(augmentation)
+    if spec.name == "imagefolder":
+        from kubenas.training import imagefolder
+
+        return imagefolder.load(spec, seed, augment)
+    return load_dataset(spec.name, spec.root, spec.download, spec.validation_fraction, spec.train_subset, seed,
+                        mean=spec.mean, std=spec.std, augment=augment)
+
+
+def normalization(spec: "DatasetSpec", seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel that training with `seed` normalises the inputs with: the spec's, or
+    measured on the training split. Inputs are in [0, 1] (npz: as stored, uint8 scaled to [0, 1]).
+    A model that takes raw images applies (x - mean) / std first."""
+    if spec.mean is not None and spec.std is not None and spec.name != "imagefolder":
+        return tuple(spec.mean), tuple(spec.std)
+    if spec.name == "imagefolder":
+        from kubenas.training import imagefolder
+
+        return imagefolder.normalization(spec, seed)
+    data = load_dataset_spec(spec, seed)
+    return data.mean, data.std
+
+
+def load_test_split(spec: "DatasetSpec") -> "Any":
+    """The held-out test split of an imagefolder dataset (root/test, or testFraction of a single
+    tree): a TestSplit whose `dataset` yields un-normalised [0, 1] RGB images and labels, and
+    `tensors()` all of them at once. DatasetError for a dataset without one."""
+    if spec.name != "imagefolder":
+        raise DatasetError(f"training.dataset.name: {spec.name} has no held-out test split here; use imagefolder "
+                           "with a test/ directory or training.dataset.testFraction")
+    from kubenas.training import imagefolder
+
+    return imagefolder.load_test(spec)
+
+
 def load_dataset(name: str, root: str | Path | None = None, download: bool = False,
-                 validation_fraction: float = 0.2, train_subset: int | None = None, seed: int = 0) -> Splits:
-    """Load `name`, hold out a seeded validation split, normalise per channel with train statistics."""
+                 validation_fraction: float = 0.2, train_subset: int | None = None, seed: int = 0,
+                 mean: Optional[list[float]] = None, std: Optional[list[float]] = None,
+                 augment: Optional[Augment] = None) -> Splits:
+    """Load `name`, hold out a seeded validation split, normalise per channel with train statistics
+    (or the given mean and std)."""
+    if name == "imagefolder":
+        from kubenas.spec import DatasetSpec
+        from kubenas.training import imagefolder
+
+        spec = DatasetSpec(name="imagefolder", root=str(root) if root else None,
+                           validation_fraction=validation_fraction, train_subset=train_subset, mean=mean, std=std)
+        return imagefolder.load(spec, seed, augment)
     if name not in DATASETS:
         raise DatasetError(f"training.dataset.name: {name!r} is not accepted; choose one of {sorted(DATASETS)}")
     check_split_settings(validation_fraction, train_subset)  # before any loading
@@ -242,14 +356,24 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = order[:n_val], order[n_val:][:n_train]
     train_x, val_x = x[train_idx], x[val_idx]
-    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    if mean is not None and std is not None:
+        if len(mean) not in (1, train_x.shape[1]):
+            raise DatasetError(f"training.dataset.mean: {mean} is not accepted; dataset {name} has "
+                               f"{train_x.shape[1]} channel(s): give 1 or {train_x.shape[1]} values")
+        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).expand(1, train_x.shape[1], 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).expand(1, train_x.shape[1], 1, 1)
+    else:
+        m = train_x.mean(dim=(0, 2, 3), keepdim=True)
+        s = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     return Splits(
         name=name,
-        train_x=(train_x - mean) / std,
+        train_x=(train_x - m) / s,
         train_y=y[train_idx],
-        val_x=(val_x - mean) / std,
+        val_x=(val_x - m) / s,
         val_y=y[val_idx],
         num_classes=int(y.max()) + 1,
         mirror_ok=mirror_ok,
+        mean=tuple(m.flatten().tolist()),
+        std=tuple(s.flatten().tolist()),
+        augment=augment,
     )

@@ -10,17 +10,18 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Literal, Optional
+from typing import Any, Callable, Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
+from torch.utils.data import DataLoader
 
 from kubenas.errors import InvalidGenotype, describe_validation_error
 from kubenas.nn import ModelConfig, build_model, count_parameters, multiply_adds
 from kubenas.nn.ops import scheduled_drop_path
 from kubenas.training.checkpoints import CheckpointInvalid, TrialCheckpoint, capture, restore
-from kubenas.training.datasets import Splits
+from kubenas.training.datasets import Augment, Splits
 
 # Genotype hyperparameter names (camelCase, as in the spec) -> TrainConfig fields.
 HPARAM_FIELDS = {
@@ -49,6 +50,11 @@ class TrainConfig:
     cells_per_stage: int = 2  # N
     auxiliary: bool = False
     augment: bool = True
+    skeleton: str = "cifar"  # cifar | imagenet (training.skeleton)
+    # The cosine learning-rate schedule spans schedule_epochs (None: epochs) and this run
+    # enters it at epoch schedule_start: a PBT interval continues its member's schedule.
+    schedule_epochs: Optional[int] = None
+    schedule_start: int = 0
 
     def with_hparams(self, hparams: dict) -> "TrainConfig":
         """Apply a genotype's searched hyperparameters on top of the defaults, each
@@ -103,21 +109,91 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _augment(x: torch.Tensor, mirror_ok: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to H/8 pixels (pad and crop) and, where it keeps labels, flips."""
+def _augment(x: torch.Tensor, mirror_ok: bool, gen: torch.Generator, augment: Optional[Augment] = None) -> torch.Tensor:
+    """Random translation by up to H/8 pixels (pad and crop) and, where it keeps labels, flips;
+    or what `augment` (training.augmentation) asks for. In-memory batches only: streamed
+    images are augmented by torchvision transforms as they are read (imagefolder.py)."""
+    if augment is not None:
+        return _augment_as_asked(x, augment, gen)
     n, _, h, w = x.shape
-    pad = max(1, h // 8)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * pad)
-    out = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None])[:, None, None, :].expand(n, x.shape[1], h, w)
-    out = out.gather(3, cols)
+    out = _translate(x, max(1, h // 8), gen)
     if mirror_ok:
         flip = torch.rand(n, generator=gen, device=gen.device) < 0.5
         out = torch.where(flip[:, None, None, None], out.flip(3), out)
     return out
+
+
+def _augment_as_asked(x: torch.Tensor, augment: Augment, gen: torch.Generator) -> torch.Tensor:
+    n, _, h, w = x.shape
+    if augment.padding:
+        x = _translate(x, augment.padding, gen)
+    if augment.flip:
+        flip = torch.rand(n, generator=gen, device=gen.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if augment.cutout:
+        # Cutout (DeVries & Taylor 2017): a square centred anywhere, clipped at the border, set to 0
+        # (the mean: the batch is normalised).
+        cy = torch.randint(0, h, (n,), generator=gen, device=gen.device)
+        cx = torch.randint(0, w, (n,), generator=gen, device=gen.device)
+        half = augment.cutout // 2
+        rows = torch.arange(h, device=x.device)[None] - cy[:, None] + half
+        cols = torch.arange(w, device=x.device)[None] - cx[:, None] + half
+        inside = ((rows >= 0) & (rows < augment.cutout))[:, :, None] & ((cols >= 0) & (cols < augment.cutout))[:, None, :]
+        x = x.masked_fill(inside[:, None], 0.0)
+    return x
+
+
+def _translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Pad by `pad` zeros and crop back at a random offset per image."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])[:, None, :, None].expand(n, c, h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None])[:, None, None, :].expand(n, c, h, w)
+    return out.gather(3, cols)
+
+
+def _loader(dataset: Any, batches: list[list[int]], workers: int, pin: bool, seed: int) -> DataLoader:
+    """Batches of a streamed dataset in the given order; the seed fixes the workers' augmentation."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def _batches(data: Splits, train_x: Optional[torch.Tensor], train_y: Optional[torch.Tensor], order: torch.Tensor,
+             first: int, steps: int, cfg: TrainConfig, gen: torch.Generator, device: torch.device,
+             epoch: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(step, images, labels) of one epoch from `first` on, on the device and augmented; in-memory
+    batches come from train_x and train_y (on the GPU where they fit)."""
+    if data.streamed:
+        batches = [order[s * cfg.batch_size:(s + 1) * cfg.batch_size].tolist() for s in range(first, steps)]
+        loader = _loader(data.train_set, batches, data.loader_workers, device.type == "cuda",
+                         cfg.seed * 100_003 + epoch * 1009 + first)
+        for step, (xb, yb) in enumerate(loader, start=first):
+            yield step, xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        return
+    assert train_x is not None and train_y is not None
+    for step in range(first, steps):
+        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        xb = train_x[idx.to(train_x.device)].to(device, non_blocking=True)
+        yb = train_y[idx.to(train_y.device)].to(device, non_blocking=True)
+        if cfg.augment:
+            xb = _augment(xb, data.mirror_ok, gen, data.augment) if xb.device == gen.device else xb
+        yield step, xb, yb
+
+
+def _accuracy_streamed(model: torch.nn.Module, data: Splits, device: torch.device, batch: int, amp: bool,
+                       memory_format: torch.memory_format) -> float:
+    model.eval()
+    correct = seen = 0
+    batches = [list(range(i, min(i + batch, len(data.val_set)))) for i in range(0, len(data.val_set), batch)]
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for xb, yb in _loader(data.val_set, batches, data.loader_workers, device.type == "cuda", 0):
+            logits = model(xb.to(device, non_blocking=True).contiguous(memory_format=memory_format))
+            correct += (logits.argmax(1) == yb.to(device)).sum().item()
+            seen += len(yb)
+    return correct / max(1, seen)
 
 
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
@@ -156,7 +232,7 @@ def train_proxy(
     torch.manual_seed(cfg.seed)
     model_cfg = ModelConfig(channels=cfg.channels, cells_per_stage=cfg.cells_per_stage,
                             num_classes=data.num_classes, in_channels=data.input_shape[0],
-                            auxiliary=cfg.auxiliary, drop_path=cfg.drop_path)
+                            auxiliary=cfg.auxiliary, drop_path=cfg.drop_path, skeleton=cfg.skeleton)
     model = build_model(genotype, model_cfg)
     if prepare_model is not None and start is None:
         prepare_model(model)
@@ -168,17 +244,20 @@ def train_proxy(
 
     # Keep the whole dataset on the GPU when it takes under a quarter of free memory.
     train_x, train_y, val_x, val_y = data.train_x, data.train_y, data.val_x, data.val_y
-    if cuda:
+    if cuda and not data.streamed:
         free, _ = torch.cuda.mem_get_info(device)
         if (train_x.numel() + val_x.numel()) * 4 < free // 4:
             train_x, train_y = train_x.to(device), train_y.to(device)
             val_x, val_y = val_x.to(device), val_y.to(device)
-    gen = torch.Generator(device=train_x.device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=train_x.device if train_x is not None else "cpu").manual_seed(cfg.seed)
 
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
-    steps_per_epoch = max(1, math.ceil(len(train_x) / cfg.batch_size))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    steps_per_epoch = max(1, math.ceil(data.num_train / cfg.batch_size))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=(cfg.schedule_epochs or cfg.epochs) * steps_per_epoch)
+    if cfg.schedule_start and start is None:
+        _enter_schedule(scheduler, cfg.schedule_start * steps_per_epoch)
 
     curve: list[EpochReport] = []
     first_epoch, first_step, resumed_order, sums = 0, 0, None, (0.0, 0, 0)
@@ -192,7 +271,7 @@ def train_proxy(
         first_epoch, first_step = start.epoch, start.step
         if first_step:
             resumed_order = start.extra_tensors.get("order")
-            if resumed_order is None or len(resumed_order) != len(train_x) or first_step >= steps_per_epoch:
+            if resumed_order is None or len(resumed_order) != data.num_train or first_step >= steps_per_epoch:
                 raise CheckpointInvalid("corrupt", f"trial {start.trial_id}: a mid-epoch checkpoint without its "
                                                    f"batch order")
             mid = start.progress.get("epoch_sums") or [0.0, 0, 0]
@@ -215,7 +294,9 @@ def train_proxy(
         return TrainOutcome(status=status, reward=reward, curve=curve, reason=reason, parameters=params,
                             multiply_adds=madds, seconds=time.perf_counter() - started, device=str(device))
 
-    total_steps = cfg.epochs * steps_per_epoch
+    # Drop-path rises over the same span as the learning-rate schedule (a PBT member's epochs).
+    total_steps = (cfg.schedule_epochs or cfg.epochs) * steps_per_epoch
+    schedule_offset = cfg.schedule_start * steps_per_epoch
     if curve and not first_step and on_epoch is not None and on_epoch(curve[-1]) is False \
             and first_epoch < cfg.epochs:
         return outcome("stopped", curve[-1].val_acc, f"stopped by the scheduler after epoch {first_epoch}")
@@ -226,17 +307,15 @@ def train_proxy(
             order, resumed_order = resumed_order.to(gen.device), None
             (loss_sum, correct, seen), skip = sums, first_step
         else:
-            order = torch.randperm(len(train_x), generator=gen, device=gen.device)
+            order = torch.randperm(data.num_train, generator=gen, device=gen.device)
             (loss_sum, correct, seen), skip = (0.0, 0, 0), 0
-        for step in range(skip, steps_per_epoch):
+        if interrupt is not None and interrupt.is_set():
+            raise TrialInterrupted(f"interrupted in epoch {epoch + 1}")
+        for step, xb, yb in _batches(data, train_x, train_y, order, skip, steps_per_epoch, cfg, gen, device, epoch):
             if interrupt is not None and interrupt.is_set():
                 raise TrialInterrupted(f"interrupted in epoch {epoch + 1}")
-            model.set_drop_path(scheduled_drop_path(cfg.drop_path, epoch * steps_per_epoch + step, total_steps))
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            xb = train_x[idx.to(train_x.device)].to(device, non_blocking=True)
-            yb = train_y[idx.to(train_y.device)].to(device, non_blocking=True)
-            if cfg.augment:
-                xb = _augment(xb, data.mirror_ok, gen) if xb.device == gen.device else xb
+            model.set_drop_path(scheduled_drop_path(cfg.drop_path, schedule_offset + epoch * steps_per_epoch + step,
+                                                     total_steps))
             xb = xb.contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 out = model(xb)
@@ -258,7 +337,10 @@ def train_proxy(
                     and time.monotonic() - saved_at >= checkpoint_seconds):
                 checkpoint(epoch, step + 1, order=order)
         train_seconds = time.perf_counter() - epoch_start
-        val_acc = _accuracy(model, val_x, val_y, device, max(256, cfg.batch_size), cuda, memory_format)
+        if data.streamed:
+            val_acc = _accuracy_streamed(model, data, device, max(256, cfg.batch_size), cuda, memory_format)
+        else:
+            val_acc = _accuracy(model, val_x, val_y, device, max(256, cfg.batch_size), cuda, memory_format)
         report = EpochReport(epoch=epoch + 1, train_loss=loss_sum / seen, train_acc=correct / seen, val_acc=val_acc,
                              seconds=time.perf_counter() - epoch_start, images_per_second=seen / train_seconds)
         curve.append(report)
@@ -268,8 +350,24 @@ def train_proxy(
     return outcome("succeeded", curve[-1].val_acc if curve else 0.0)
 
 
+def _enter_schedule(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, steps: int) -> None:
+    """Advance a fresh schedule by `steps` optimizer steps without training: the learning
+    rate is then the one an uninterrupted run has at that point (scaled by this run's base
+    rate). Stepped rather than computed so the arithmetic is the uninterrupted run's own."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        for _ in range(steps):
+            scheduler.step()
+
+
 def _resume_fields(cfg: TrainConfig) -> dict:
     """The settings a checkpoint must share with the run that continues it (not the device)."""
     fields = asdict(cfg)
     fields.pop("device")
+    if fields["schedule_epochs"] is None and not fields["schedule_start"]:
+        del fields["schedule_epochs"], fields["schedule_start"]  # as checkpoints from before the option
+    if fields["skeleton"] == "cifar":
+        fields.pop("skeleton")  # checkpoints from before the option have no skeleton: cifar
     return fields

@@ -17,6 +17,9 @@ Objects of a search called NAME:
     ConfigMap     kubenas-NAME-spec         the ArchitectureSearch manifest, for the controller
     Job           kubenas-NAME-controller   python -m kubenas_controller ...
     Deployment    kubenas-NAME-trainer      python -m kubenas_trainer ..., budget.parallelism replicas
+    Service       kubenas-NAME-supernet     (enas, darts, spos) headless: the workers' stable names
+    Job           kubenas-NAME-supernet     (enas, darts, spos) Indexed, oneShot.workers pods of
+                                            python -m kubenas.oneshot: the supernet, data-parallel
 
 No ServiceAccount or Role: neither the controller nor the trainers call the
 Kubernetes API (the controller publishes its summary to Redis and the operator
@@ -33,12 +36,14 @@ from typing import Any, Optional
 
 import yaml
 
-from kubenas.spec import API_VERSION, KIND, ArchitectureSearch, PodSettings
+from kubenas.spec import API_VERSION, KIND, ONE_SHOT_ALGORITHMS, ArchitectureSearch, PodSettings
 
 REDIS_PORT = 6379
 REDIS_URL_ENV = "KUBENAS_REDIS_URL"
 SPEC_FILE = "/etc/kubenas/search.yaml"
 SPEC_KEY = "search.yaml"
+SUPERNET_SPEC_KEY = "spec.json"  # the one-shot workers' input: the spec as JSON
+SUPERNET_PORT = 29500  # torch.distributed's rendezvous on rank 0 (torchrun's default port)
 CHECKPOINT_DIR = "/var/lib/kubenas/checkpoints"
 CHECKPOINT_SIZE = "1Gi"
 ARTIFACTS_DIR = "/var/lib/kubenas/artifacts"
@@ -382,12 +387,15 @@ def build_spec_configmap_spec(ref: SearchRef, manifest: ArchitectureSearch) -> d
     suspend changes through the live spec record in Redis (the kubelet refreshes a mounted
     ConfigMap only after its sync period)."""
     document = manifest_document(ref, manifest)
+    data = {SPEC_KEY: yaml.safe_dump(document, sort_keys=False)}
+    if is_one_shot(manifest):
+        data[SUPERNET_SPEC_KEY] = manifest.spec.model_dump_json(by_alias=True)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(ref, spec_configmap_name(ref.name), "controller",
                               {GENERATION_ANNOTATION: str(ref.generation)}),
-        "data": {SPEC_KEY: yaml.safe_dump(document, sort_keys=False)},
+        "data": data,
     }
 
 
@@ -538,9 +546,10 @@ def build_controller_job_spec(ref: SearchRef, manifest: ArchitectureSearch, imag
     }
 
 
-def trainer_replicas(manifest: ArchitectureSearch, finished: bool) -> int:
-    """0 while suspended or once the search finished, budget.parallelism otherwise."""
-    if finished or manifest.spec.suspend:
+def trainer_replicas(manifest: ArchitectureSearch, finished: bool, supernet_training: bool = False) -> int:
+    """0 while suspended, once the search finished, or while a one-shot search's supernet workers
+    train in the trainers' place (their GPUs); budget.parallelism otherwise."""
+    if finished or manifest.spec.suspend or supernet_training:
         return 0
     return manifest.spec.budget.parallelism
 
@@ -552,6 +561,8 @@ def build_trainer_deployment_spec(
     pod = manifest.spec.trainer
     # --redis-url defaults to $KUBENAS_REDIS_URL (from the Secret), --trainer-id to $KUBENAS_TRAINER_ID
     args = ["--namespace", ref.namespace, "--name", ref.name]
+    if pod.trials_per_gpu > 1:  # a supervisor in the pod runs that many trainers on its GPU(s)
+        args += ["--processes", str(pod.trials_per_gpu)]
     # PyTorch's DataLoader workers share tensors through /dev/shm, which is 64 MiB by default.
     mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
     volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}]
@@ -594,3 +605,102 @@ def build_managed_redis_objects(
         build_network_policy_spec(ref, operator_namespace, operator_pod_labels),
     ]
     return objects
+
+
+# --- one-shot: the supernet's worker group ---------------------------------------------
+
+def is_one_shot(manifest: ArchitectureSearch) -> bool:
+    return manifest.spec.strategy.algorithm in ONE_SHOT_ALGORITHMS
+
+
+def supernet_name(search: str) -> str:
+    """The worker Job's name and its headless Service's (a pod's subdomain must name the Service)."""
+    return child_name(search, "supernet")
+
+
+def supernet_master_addr(ref: SearchRef) -> str:
+    """Rank 0's stable name: an Indexed Job's pod i is host <job>-<i>, under the Service's subdomain."""
+    name = supernet_name(ref.name)
+    return f"{name}-0.{name}"
+
+
+def build_supernet_service_spec(ref: SearchRef) -> dict[str, Any]:
+    """Headless: no ClusterIP, each worker pod gets a DNS name (the JobSet / Kubeflow trainer pattern).
+    Not-ready pods are published too: the workers rendezvous before any of them is ready."""
+    name = supernet_name(ref.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(ref, name, "supernet"),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(ref.name, "supernet"),
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "rendezvous", "port": SUPERNET_PORT, "targetPort": SUPERNET_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def build_supernet_job_spec(ref: SearchRef, manifest: ArchitectureSearch, images: Images) -> dict[str, Any]:
+    """The supernet's data-parallel workers: an Indexed Job of oneShot.workers pods on the trainers' pod
+    settings (image, GPUs, scheduling). Rank = the completion index (JOB_COMPLETION_INDEX, which the Job
+    controller gives every pod); rank 0 is MASTER_ADDR. Every worker resumes from the last supernet
+    checkpoint on the artifacts volume, so a lost worker costs the epoch in progress: its peers' collectives
+    time out, they exit non-zero, the Job replaces the pods (each failure counts against the backoff limit:
+    a group restart costs up to `workers` of it), and the new group rendezvouses again."""
+    pod = manifest.spec.trainer
+    one_shot = manifest.spec.one_shot
+    name = supernet_name(ref.name)
+    artifact_volumes, artifact_mounts, _ = _artifacts(ref, manifest)
+    env = [
+        {"name": "WORLD_SIZE", "value": str(one_shot.workers)},
+        {"name": "MASTER_ADDR", "value": supernet_master_addr(ref)},
+        {"name": "MASTER_PORT", "value": str(SUPERNET_PORT)},
+        {"name": "KUBENAS_NAMESPACE", "value": ref.namespace},
+        {"name": "KUBENAS_NAME", "value": ref.name},
+    ]
+    reserved = {e["name"] for e in env}
+    env += [{"name": e.name, "value": e.value} for e in pod.env if e.name not in reserved]
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": pod.image or images.trainer,  # the trainer image: torch and the supernets
+        "imagePullPolicy": pod.image_pull_policy,
+        "command": ["python", "-m", "kubenas.oneshot"],
+        "args": ["--spec", f"/etc/kubenas/{SUPERNET_SPEC_KEY}", "--artifacts", ARTIFACTS_DIR,
+                 "--device", "cuda" if pod.gpus > 0 else "cpu"],
+        "env": env,
+        "ports": [{"name": "rendezvous", "containerPort": SUPERNET_PORT, "protocol": "TCP"}],
+        "volumeMounts": [{"name": "spec", "mountPath": "/etc/kubenas", "readOnly": True},
+                         {"name": "dshm", "mountPath": "/dev/shm"}]
+                        + artifact_mounts + [dict(m) for m in pod.volume_mounts],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    resources = build_resources(pod)
+    if resources:
+        container["resources"] = resources
+    volumes = [{"name": "spec", "configMap": {"name": spec_configmap_name(ref.name)}},
+               {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}]
+    spec = _with_artifacts_group(_pod_spec(pod, container, volumes + artifact_volumes, "Never", 30), artifact_volumes)
+    spec["subdomain"] = name  # <job>-<index>.<service> resolves to each worker
+    template = {"metadata": {"labels": build_labels(ref.name, "supernet")}, "spec": spec}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(ref, name, "supernet", {TEMPLATE_HASH_ANNOTATION: template_hash(template)}),
+        "spec": {
+            "completionMode": "Indexed",
+            # spec.suspend: the Job controller stops the workers; on resume they start from the checkpoint.
+            "suspend": manifest.spec.suspend,
+            "completions": one_shot.workers,
+            "parallelism": one_shot.workers,
+            # One group restart fails up to every worker's pod (the lost one, then its peers timing out).
+            "backoffLimit": one_shot.workers * one_shot.max_restarts,
+            "podFailurePolicy": {"rules": [
+                # Exit 2: the worker refused its input; the same input fails again, so fail now.
+                {"action": "FailJob", "onExitCodes": {"containerName": "worker", "operator": "In", "values": [2]}},
+                # A preempted or evicted pod is no fault of the workers: not counted.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]},
+            "template": template,
+        },
+    }

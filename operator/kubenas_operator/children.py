@@ -50,12 +50,20 @@ def apply_children(runtime: Runtime, ref: builders.SearchRef, manifest: Architec
                 runtime.kube.apply(current)
         trainer = builders.trainer_name(ref.name)
         if finished:
+            _stop_supernet(runtime, ref, manifest)
             return Applied(trainers=0, trainers_removed=runtime.kube.delete("Deployment", ref.namespace, trainer))
         current = builders.build_controller_job_spec(ref, manifest, runtime.images)
         controller = _ensure_job(runtime, current)
-        replicas = builders.trainer_replicas(manifest, finished=False)
+        replicas = builders.trainer_replicas(manifest, finished=False,
+                                             supernet_training=supernet_training(runtime, ref, manifest))
         current = builders.build_trainer_deployment_spec(ref, manifest, runtime.images, replicas)
         runtime.kube.apply(current)
+        if builders.is_one_shot(manifest):  # the supernet's worker group: rendezvous names, then the workers
+            current = builders.build_supernet_service_spec(ref)
+            runtime.kube.apply(current)
+            current = builders.build_supernet_job_spec(ref, manifest, runtime.images)
+            _ensure_job(runtime, current)
+            _suspend_job(runtime, current)
         return Applied(trainers=replicas, controller=controller)
     except ApiException as exc:
         what = f"{current['kind']} {current['metadata']['name']}" if current else "a child object"
@@ -101,6 +109,61 @@ def _ensure_job(runtime: Runtime, desired: dict[str, Any]) -> str:
     if not runtime.kube.create(desired):
         raise kopf.TemporaryError(f"Job {meta['name']} is still being deleted; replacing it shortly", delay=5)
     return "replaced"
+
+
+def _suspend_job(runtime: Runtime, desired: dict[str, Any]) -> None:
+    """spec.suspend reaches a Job that exists already (suspend is one of the few fields a Job may change)."""
+    meta = desired["metadata"]
+    existing = runtime.kube.get("Job", meta["namespace"], meta["name"])
+    want = bool(desired["spec"].get("suspend"))
+    if existing is not None and not job_finished(existing) and bool(existing["spec"].get("suspend")) != want:
+        runtime.kube.merge_patch("Job", meta["namespace"], meta["name"], {"spec": {"suspend": want}})
+
+
+def _stop_supernet(runtime: Runtime, ref: builders.SearchRef, manifest: ArchitectureSearch) -> None:
+    """A search that ended (say by maxDuration) while its supernet trained: its workers go too."""
+    if not builders.is_one_shot(manifest):
+        return
+    job = runtime.kube.get("Job", ref.namespace, builders.supernet_name(ref.name))
+    if job is not None and not job_finished(job):
+        runtime.kube.delete("Job", ref.namespace, builders.supernet_name(ref.name))
+
+
+def supernet_training(runtime: Runtime, ref: builders.SearchRef, manifest: ArchitectureSearch) -> bool:
+    """A one-shot search whose worker Job has not completed (or not been created yet): the workers
+    have the trainers' place. Once it completes, `trainers_after_supernet` brings the trainers."""
+    if not builders.is_one_shot(manifest):
+        return False
+    job = runtime.kube.get("Job", ref.namespace, builders.supernet_name(ref.name))
+    return not _complete(job)
+
+
+def _complete(job: Optional[dict[str, Any]]) -> bool:
+    return any(c.get("type") == "Complete" and c.get("status") == "True"
+               for c in ((job or {}).get("status") or {}).get("conditions") or [])
+
+
+def trainers_after_supernet(runtime: Runtime, ref: builders.SearchRef, manifest: ArchitectureSearch) -> bool:
+    """Scale the trainers up once the supernet's Job completed (its derived cells need them); True if it did."""
+    if not builders.is_one_shot(manifest) or supernet_training(runtime, ref, manifest):
+        return False
+    deployment = runtime.kube.get("Deployment", ref.namespace, builders.trainer_name(ref.name))
+    wanted = builders.trainer_replicas(manifest, finished=False)
+    if deployment is None or (deployment.get("spec") or {}).get("replicas") == wanted:
+        return False
+    runtime.kube.apply(builders.build_trainer_deployment_spec(ref, manifest, runtime.images, wanted))
+    return True
+
+
+def supernet_failure(job: Optional[dict[str, Any]]) -> Optional[str]:
+    """Why the supernet's worker Job failed for good (its backoff limit, or a worker refusing its input)."""
+    for c in ((job or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Failed" and c.get("status") == "True":
+            return (f"the supernet's worker Job failed: {c.get('reason') or 'Failed'}: {c.get('message') or ''}"
+                    .rstrip(": ") + "; the workers' logs say why (kubectl logs -l "
+                    f"app.kubernetes.io/component=supernet,app.kubernetes.io/instance="
+                    f"{(job['metadata'].get('labels') or {}).get(builders.INSTANCE_LABEL)})")
+    return None
 
 
 def job_finished(job: dict[str, Any]) -> bool:

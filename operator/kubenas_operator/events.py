@@ -49,4 +49,10 @@ def finished(status: dict[str, Any]) -> tuple[bool, str, str]:
     best = status.get("bestReward")
     message = (f"{str(phase).lower()}: {reason}; best reward {best} (trial {status.get('bestTrial')})"
                if best is not None else f"{str(phase).lower()}: {reason}")
+    final = status.get("finalModel")
+    if final:  # the final stage's model: where it is and how it tests
+        message += (f"; final model {final.get('trial')}: validation accuracy {final.get('validationAccuracy')}, "
+                    f"test accuracy {final.get('testAccuracy')}, in {final.get('path')}")
+    elif status.get("finalError"):
+        message += f"; final stage: {status['finalError']}"
     return phase != st.SUCCEEDED, str(phase), message

@@ -29,10 +29,11 @@ from kubernetes.client.rest import ApiException
 
 from kubenas import metrics
 from kubenas.errors import InvalidSpec
-from kubenas.spec import GROUP, PLURAL, VERSION
+from kubenas.spec import GROUP, ONE_SHOT_ALGORITHMS, PLURAL, VERSION
 
 from kubenas_operator import builders, events, status as st
-from kubenas_operator.children import ChildObjectRefused, apply_children, job_failure, ready_trainers
+from kubenas_operator.children import (ChildObjectRefused, apply_children, job_failure, ready_trainers,
+                                       supernet_failure, trainers_after_supernet)
 from kubenas_operator.kube import api_message, bearer_token
 from kubenas_operator.runtime import Runtime, forget_phase
 from kubenas_operator.search_redis import REDIS_PROBLEMS, exchange, push_live_spec
@@ -193,22 +194,48 @@ def _observe(runtime: Runtime, body: Any, before: dict[str, Any]) -> Optional[st
         return _observation(body, trainer_ready=ready_trainers(runtime, ref))
     summary, problem = exchange(runtime, ref, manifest)
     job = runtime.kube.get("Job", ref.namespace, builders.controller_name(ref.name))
+    supernet = None
+    if builders.is_one_shot(manifest):
+        supernet = supernet_failure(runtime.kube.get("Job", ref.namespace, builders.supernet_name(ref.name)))
     # A managed Redis that is still starting is no news; one that stops answering is.
     if problem and (problem.reason != "Unreachable" or before.get("updated")):
         runtime.warn_once(body, problem.reason, problem.message)
     elif not problem:
         runtime.forget_warnings(body, *REDIS_PROBLEMS)
     return _observation(body, summary=summary, redis_checked=True, redis_problem=problem,
-                        trainer_ready=ready_trainers(runtime, ref), controller_failure=job_failure(job))
+                        trainer_ready=ready_trainers(runtime, ref), controller_failure=job_failure(job),
+                        supernet_failure=supernet)
+
+
+def _trainers_after_supernet(runtime: Runtime, ref: builders.SearchRef, body: Any, logger: logging.Logger) -> None:
+    """One-shot: the trainers take their place back once the supernet's workers are done."""
+    if ((body.get("spec") or {}).get("strategy") or {}).get("algorithm") not in ONE_SHOT_ALGORITHMS:
+        return
+    try:
+        manifest = read_spec(body)
+        if trainers_after_supernet(runtime, ref, manifest):
+            logger.info("search %s/%s: the supernet is trained; %d trainers for its derived cells", ref.namespace,
+                        ref.name, manifest.spec.budget.parallelism)
+    except (InvalidSpec, ApiException) as exc:  # the next poll tries again; reconcile reports a bad spec
+        logger.warning("search %s/%s: trainers not scaled after the supernet: %s", ref.namespace, ref.name, exc)
 
 
 def _after_refresh(runtime: Runtime, ref: builders.SearchRef, body: Any, before: dict[str, Any],
                    now: dict[str, Any], logger: logging.Logger) -> bool:
     """Events for a phase change; a finished search loses its trainers. True once all is tidied."""
     phase = now.get("phase")
-    if phase == st.RUNNING and before.get("phase") in (None, st.PENDING):
-        kopf.info(body, reason="Running", message="the controller published its first summary")
+    if phase == st.SEARCHING and before.get("phase") in (None, st.PENDING):
+        kopf.info(body, reason="Searching", message="the controller published its first summary")
+    if phase == st.SUPERNET and before.get("phase") in (None, st.PENDING):
+        kopf.info(body, reason="Supernet", message=f"the supernet's workers train (Indexed Job "
+                                                   f"{builders.supernet_name(ref.name)})")
+    if phase == st.SEARCHING and before.get("phase") in (st.SUPERNET, st.DERIVING):
+        kopf.info(body, reason="Searching", message="the supernet derived its cells; training them stand-alone")
+    if phase == st.FINAL_TRAINING and before.get("phase") != st.FINAL_TRAINING:
+        kopf.info(body, reason="FinalTraining", message=f"the search finished ({now.get('finishReason')}); "
+                                                        "training its best architectures at the final size")
     if phase not in st.TERMINAL:
+        _trainers_after_supernet(runtime, ref, body, logger)
         return False
     if before.get("phase") not in st.TERMINAL:
         warning, reason, message = events.finished(now)
@@ -216,6 +243,10 @@ def _after_refresh(runtime: Runtime, ref: builders.SearchRef, body: Any, before:
     try:
         if runtime.kube.delete("Deployment", ref.namespace, builders.trainer_name(ref.name)):
             logger.info("search %s/%s %s: trainers removed", ref.namespace, ref.name, phase)
+        # Its supernet failed for good: no derived cell will ever reach the controller, which would wait on.
+        if now.get("finishReason") == st.SUPERNET_FAILED and runtime.kube.delete(
+                "Job", ref.namespace, builders.controller_name(ref.name)):
+            logger.info("search %s/%s: the supernet failed; the controller Job removed", ref.namespace, ref.name)
     except ApiException as exc:
         logger.warning("removing the trainers of %s/%s failed: %s", ref.namespace, ref.name, api_message(exc))
         return False

@@ -99,6 +99,12 @@ class Kube:
         )
         return self._json(response)
 
+    def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of a few fields (a Job's suspend: its template may not be re-applied)."""
+        response = self._method(kind, "patch")(name, namespace, patch, _content_type="application/merge-patch+json",
+                                                _preload_content=False)
+        return self._json(response)
+
     def create(self, obj: dict[str, Any]) -> bool:
         """Create the object; False when it already existed (left as it is)."""
         try:

@@ -22,7 +22,7 @@ from kubenas_operator import builders, status as st
 from kubenas_operator.kube import Kube, load_client_configuration
 from kubenas_operator.settings import OperatorSettings
 
-PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+PHASES = st.PHASES
 
 
 @dataclass

@@ -8,11 +8,16 @@ changed, so an unchanged summary costs no write.
 
 Phase:
     Failed     the spec makes no sense (SpecValid False: fixable, so not sticky), the
-               controller Job failed, or the summary finished with a failure reason
+               controller Job or the supernet's worker Job failed, or the summary finished with a failure reason
     Succeeded  the summary finished with any other reason (sticky from then on)
     Suspended  spec.suspend
-    Running    the controller has published a summary
+    FinalTraining  the search finished; spec.final trains its best architectures again
+    Supernet   one-shot (enas, darts, spos): the supernet's worker group trains (summary stage supernet)
+    Deriving   one-shot: its last epoch is checkpointed; the workers derive the genotypes
+    Searching  the controller has published a summary
     Pending    otherwise
+A finished summary whose final stage produced no model (finalError, no finalModel) is
+Failed with reason FinalTrainingFailed.
 
 Conditions (metav1.Condition): SpecValid, RedisReachable, Suspended, and
 Complete or Failed once the search ended.
@@ -27,7 +32,10 @@ from typing import Any, Optional
 
 from kubenas.spec import SearchSummary
 
-PENDING, RUNNING, SUSPENDED, SUCCEEDED, FAILED = "Pending", "Running", "Suspended", "Succeeded", "Failed"
+PENDING, SEARCHING, FINAL_TRAINING, SUSPENDED, SUCCEEDED, FAILED = (
+    "Pending", "Searching", "FinalTraining", "Suspended", "Succeeded", "Failed")
+SUPERNET, DERIVING = "Supernet", "Deriving"
+PHASES = (PENDING, SUPERNET, DERIVING, SEARCHING, FINAL_TRAINING, SUSPENDED, SUCCEEDED, FAILED)
 TERMINAL = (SUCCEEDED, FAILED)
 
 SPEC_VALID = "SpecValid"
@@ -39,11 +47,14 @@ CONDITION_ORDER = (SPEC_VALID, REDIS_REACHABLE, SUSPENDED_CONDITION, COMPLETE, F
 
 INVALID_SPEC = "InvalidSpec"
 CONTROLLER_FAILED = "ControllerFailed"
+SUPERNET_FAILED = "SupernetFailed"
+FINAL_TRAINING_FAILED = "FinalTrainingFailed"
 # finishReason values of the controller's summary that mean the search failed;
 # any other reason (MaxTrialsReached, TargetReached, MaxDurationReached, ...) is a success.
 FAILURE_REASONS = frozenset({
     "TooManyFailedTrials", "MaxFailedTrialsExceeded", "MaxFailedTrialsReached",
-    "Failed", "Error", "ControllerError", CONTROLLER_FAILED, INVALID_SPEC,
+    "Failed", "Error", "ControllerError", CONTROLLER_FAILED, INVALID_SPEC, SUPERNET_FAILED,
+    "DerivedGenotypesUnusable",
 })
 # Every field of the summary is copied (the CRD declares them all: tests/unit/test_crd.py).
 SUMMARY_FIELDS = tuple(f.alias or n for n, f in SearchSummary.model_fields.items())
@@ -82,6 +93,7 @@ class Observation:
     redis_checked: bool = False
     trainer_ready: Optional[int] = None
     controller_failure: Optional[str] = None
+    supernet_failure: Optional[str] = None  # one-shot: why the worker Job failed for good
 
 
 def _condition(current: dict[str, dict[str, Any]], obs: Observation, type_: str, status: str,
@@ -160,9 +172,18 @@ def compute_status(current: Optional[dict[str, Any]], obs: Observation) -> dict[
         new["finished"] = True
         new["finishReason"] = CONTROLLER_FAILED
         put(FAILED_CONDITION, "True", CONTROLLER_FAILED, obs.controller_failure)
+    elif obs.supernet_failure and not new.get("finished"):
+        phase = FAILED
+        new["finished"] = True
+        new["finishReason"] = SUPERNET_FAILED
+        put(FAILED_CONDITION, "True", SUPERNET_FAILED, obs.supernet_failure)
     elif new.get("finished"):
         reason = new.get("finishReason") or "Finished"
-        if is_failure(reason):
+        if new.get("finalError") and not new.get("finalModel") and not is_failure(reason):
+            phase = FAILED
+            put(FAILED_CONDITION, "True", FINAL_TRAINING_FAILED,
+                f"the search finished ({reason}) but its final stage produced no model: {new['finalError']}")
+        elif is_failure(reason):
             phase = FAILED
             put(FAILED_CONDITION, "True", reason, f"the search failed: {reason}")
         else:
@@ -176,8 +197,12 @@ def compute_status(current: Optional[dict[str, Any]], obs: Observation) -> dict[
                 new.pop("finishReason", None)
         if obs.suspended:
             phase = SUSPENDED
+        elif new.get("stage") == "finalTraining":
+            phase = FINAL_TRAINING
+        elif new.get("stage") in ("supernet", "deriving"):
+            phase = SUPERNET if new["stage"] == "supernet" else DERIVING
         elif new.get("updated") or new.get("trials"):
-            phase = RUNNING
+            phase = SEARCHING
         else:
             phase = PENDING
     new["phase"] = phase

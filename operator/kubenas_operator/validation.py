@@ -14,7 +14,7 @@ from typing import Any
 from kubenas.errors import InvalidSpec
 from kubenas.feasibility import check_feasible
 from kubenas.manifest import parse_manifest
-from kubenas.spec import API_VERSION, KIND, ArchitectureSearch
+from kubenas.spec import API_VERSION, KIND, ONE_SHOT_ALGORITHMS, ArchitectureSearch
 
 
 def read_spec(body: Any) -> ArchitectureSearch:
@@ -33,4 +33,13 @@ def read_spec(body: Any) -> ArchitectureSearch:
     except (InvalidSpec, ValueError) as exc:
         raise InvalidSpec(f"spec.{exc}") from None
     check_feasible(manifest.spec)
+    if manifest.spec.strategy.algorithm in ONE_SHOT_ALGORITHMS and not manifest.spec.artifacts.enabled:
+        # The supernet's workers checkpoint it there and leave the derived genotypes for the controller.
+        raise InvalidSpec(f"spec.artifacts.enabled: must be true for strategy.algorithm "
+                          f"{manifest.spec.strategy.algorithm}: its supernet workers and the controller share "
+                          "the supernet checkpoints and derived genotypes on that volume")
+    if manifest.spec.final is not None and not manifest.spec.artifacts.enabled:
+        # The final stage's trainers export the trained model there; the controller copies the winner.
+        raise InvalidSpec("spec.artifacts.enabled: must be true with spec.final: the final stage's trainers write "
+                          "the trained models to that volume, where the final model stays")
     return manifest

@@ -84,6 +84,15 @@ def dataset(kind: str) -> Callable[[Path], Path]:
             ds = {"name": "npz", "root": str(tmp_path / "data.npz")}
         elif kind == "cifar-without-root":
             ds = {"name": "cifar10"}
+        elif kind.startswith("imagefolder"):  # classes a/ and b/; b/ holds no image
+            for name, files in (("a", ["1.png", "2.png"]), ("b", ["notes.txt"])):
+                (tmp_path / "images" / name).mkdir(parents=True)
+                for file in files:
+                    (tmp_path / "images" / name / file).write_bytes(b"\x89PNG")
+            ds = {"name": "imagefolder", "root": str(tmp_path / "images")}
+            if kind == "imagefolder-small":
+                return with_spec(searchSpace={"type": "nasnet"},
+                                 training={"dataset": {**ds, "resolution": 16}, "skeleton": "imagenet"})(tmp_path)
         else:  # a validation split of one image
             np.savez(tmp_path / "few.npz", x=np.zeros((12, 8, 8), np.float32), y=np.arange(12) % 10)
             ds = {"name": "npz", "root": str(tmp_path / "few.npz"), "validationFraction": 0.05}
@@ -134,6 +143,8 @@ CASES = [
     ("dataset-not-npz", dataset("not-npz"), [], ["training.dataset.root", "not an .npz"]),
     ("dataset-cifar-without-root", dataset("cifar-without-root"), [], ["training.dataset.root", "needs a root"]),
     ("dataset-tiny-validation", dataset("tiny-validation"), [], ["validation"]),
+    ("imagefolder-empty-class", dataset("imagefolder"), [], ["training.dataset.root", "b has no image files"]),
+    ("imagefolder-too-small", dataset("imagefolder-small"), [], ["training.dataset.resolution", "at least 32"]),
 ]
 
 

@@ -189,3 +189,35 @@ def test_a_directory_holding_another_search_is_refused_without_showing_its_resul
     unchanged = {k: v for k, v in snapshot(out).items() if not k.startswith(("logs", "redis", "checkpoint/.lock"))}
     assert unchanged == {k: v for k, v in before.items() if not k.startswith(("logs", "checkpoint/.lock"))}
     assert [t["id"] for t in trials(out)] == ["t000000", "t000001"]
+
+
+@pytest.mark.timeout(600)
+def test_a_trainer_killed_in_epoch_3_of_5_the_trial_resumes_from_epoch_2_through_kubenas_run(tmp_path, clis):
+    """Real training through `kubenas run`: the trainer is SIGKILLed while it trains epoch 3 of
+    the trial's 5 (after epoch 2's checkpoint); the runner restarts it, the trial is delivered
+    again and continues from that checkpoint: epochs 1-2 are not trained again and the curve
+    holds the first run's epochs 1-2, then 3-5."""
+    spec = tiny_spec(max_trials=1, parallelism=1,
+                     training={"epochs": 5, "dataset": {"name": "digits", "trainSubset": 400}})
+    path = write_manifest(tmp_path / "s.yaml", "trainer-killed-mid-trial", spec)
+    out = tmp_path / "out"
+    run = clis("run", str(path), "--output", str(out), "--no-progress", "--lease-seconds", "3")
+    checkpoints = out / "artifacts" / "trials" / "t000000"
+    wait_for("the trainer", lambda: len(trainer_pids(run.pid)) == 1 or run.proc.poll() is not None, 120)
+    [trainer] = trainer_pids(run.pid)
+    # The JSON is written last (after the tensors, atomically): once it is there, epoch 2 is saved.
+    wait_for("epoch 2's checkpoint", lambda: (checkpoints / "epoch-2.json").exists() or run.proc.poll() is not None,
+             240, interval=0.01)
+    os.kill(trainer, signal.SIGKILL)
+    assert not (checkpoints / "epoch-3.json").exists(), "the trainer finished epoch 3 before it was killed"
+    first_epochs = [e["val_acc"] for e in json.loads((checkpoints / "epoch-2.json").read_text())["progress"]["curve"]]
+
+    assert run.finish(300) == 0, run.text
+    assert "exited (killed by SIGKILL); restarting it (1/5)" in run.stderr
+    assert "Traceback" not in run.text
+    [trial] = assert_exactly(out, 1)
+    assert trial["resumed_from_epoch"] == 2 and trial["attempts"] == 2
+    assert trial["epochs"] == 5 and len(trial["curve"]) == 5
+    assert trial["curve"][:2] == first_epochs and trial["reward"] == trial["curve"][-1]
+    logs = "".join(p.read_text() for p in (out / "logs").glob("trainer-*.log"))
+    assert "resuming trial t000000 from its checkpoint after epoch 2" in logs

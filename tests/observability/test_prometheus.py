@@ -53,7 +53,12 @@ FAILING_TRIALS = ("t000001", "t000002")  # the zero-work trainer fails these on 
 # Metrics defined for the dashboard but not yet updated by any process: their panels must
 # stay empty (strict xfail), and turn this test red once the process updates them, so that
 # the entry is removed here.
-NOT_YET_UPDATED: dict[str, str] = {}
+NOT_YET_UPDATED: dict[str, str] = {
+    # The scraped demo search is not one-shot; tests/unit/test_one_shot_strategy.py checks the relay.
+    **{name: "only one-shot searches (enas, darts, spos) export it" for name in (
+        "kubenas_supernet_loss", "kubenas_supernet_epoch", "kubenas_supernet_epochs",
+        "kubenas_supernet_architecture_entropy")},
+}
 
 METRIC_NAME = re.compile(r"\bkubenas_[a-z0-9_]+")
 
@@ -199,7 +204,7 @@ tests:
     input_series:
       - series: 'kubenas_search_phase{{search="team-a/cifar", phase="Failed"}}'
         values: '0 0 1 1 1'
-      - series: 'kubenas_search_phase{{search="team-a/cifar", phase="Running"}}'
+      - series: 'kubenas_search_phase{{search="team-a/cifar", phase="Searching"}}'
         values: '1 1 0 0 0'
       - series: 'kubenas_search_phase{{search="team-a/other", phase="Failed"}}'
         values: '0 0 0 0 0'

@@ -22,6 +22,7 @@ ALLOWED = [
     ("patch", "deployments.apps", "-n", "default"),
     ("delete", "deployments.apps", "-n", "default"),
     ("create", "jobs.batch", "-n", "default"),
+    ("patch", "jobs.batch", "-n", "default"),  # a one-shot search's worker Job: spec.suspend
     ("patch", "networkpolicies.networking.k8s.io", "-n", "default"),
     ("patch", "configmaps", "-n", "default"),
 ]

@@ -166,7 +166,7 @@ def test_status_follows_the_controllers_summary(kube, operator, redis_client, cl
                                                 "|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"}
     write_summary(redis_client, ns, name, trials={"total": 3, "running": 2, "succeeded": 1}, bestReward=0.81,
                   bestTrial="t-0001", bestGenotype=genotype, updated="2026-01-01T00:00:00Z")
-    status = wait_for("Running", lambda: (lambda s: s if s.get("phase") == "Running" else None)(kube.status(ns, name)))
+    status = wait_for("Searching", lambda: (lambda s: s if s.get("phase") == "Searching" else None)(kube.status(ns, name)))
     assert status["trials"]["total"] == 3 and status["trials"]["running"] == 2
     assert status["bestReward"] == 0.81 and status["bestTrial"] == "t-0001" and status["bestGenotype"] == genotype
     assert condition(status, "RedisReachable")["reason"] == "SummaryRead"
@@ -179,7 +179,7 @@ def test_status_follows_the_controllers_summary(kube, operator, redis_client, cl
     table = cluster.kubectl("get", "archsearch", name, "-n", ns).stdout
     header, row = table.splitlines()
     assert header.split() == ["NAME", "PHASE", "TRIALS", "BEST", "AGE"]
-    assert row.split()[:4] == [name, "Running", "3", "0.81"]
+    assert row.split()[:4] == [name, "Searching", "3", "0.81"]
 
     write_summary(redis_client, ns, name, trials={"total": 24, "succeeded": 23, "failed": 1}, bestReward=0.93,
                   bestTrial="t-0017", bestGenotype=genotype, finished=True, finishReason="MaxTrialsReached",
@@ -192,7 +192,7 @@ def test_status_follows_the_controllers_summary(kube, operator, redis_client, cl
     left = children(kube, ns, name)
     assert left["job"] and left["redis"] and left["secret"], "the controller's Job and Redis stay for the results"
     events = wait_for("a Succeeded event", lambda: [e for e in kube.events(ns, name) if e["reason"] == "Succeeded"])
-    assert "0.93" in events[0]["message"] and "Running" in reasons(kube, ns, name)
+    assert "0.93" in events[0]["message"] and "Searching" in reasons(kube, ns, name)
 
     # a finished search stays finished: a spec change brings no trainers back
     kube.patch_search(ns, name, {"spec": {"budget": {"maxTrials": 100}}})
@@ -251,7 +251,7 @@ def test_suspend_and_resume_keep_progress(kube, operator, redis_client):
     ns, name = kube.namespace(), "pause"
     create(kube, ns, name)
     write_summary(redis_client, ns, name, trials={"total": 4, "succeeded": 4}, bestReward=0.7, updated="u1")
-    wait_for("Running", lambda: kube.status(ns, name).get("phase") == "Running")
+    wait_for("Searching", lambda: kube.status(ns, name).get("phase") == "Searching")
     before = children(kube, ns, name)
 
     kube.patch_search(ns, name, {"spec": {"suspend": True}})
@@ -264,7 +264,7 @@ def test_suspend_and_resume_keep_progress(kube, operator, redis_client):
 
     kube.patch_search(ns, name, {"spec": {"suspend": False}})
     wait_for("2 trainers", lambda: trainer_replicas(kube, ns, name) == 2)
-    wait_for("Running", lambda: kube.status(ns, name).get("phase") == "Running")
+    wait_for("Searching", lambda: kube.status(ns, name).get("phase") == "Searching")
     after = children(kube, ns, name)
     # the controller was never replaced, the Redis and its password never rewritten
     for key in ("job", "secret", "redis"):
@@ -351,7 +351,7 @@ def test_external_redis_needs_a_grant_for_its_secret(kube, operator, cluster, tm
             cluster.kubectl(*command.split()[1:])
         client = redis.Redis.from_url(url, decode_responses=True)
         write_summary(client, ns, name, trials={"total": 2, "running": 2}, updated="u")
-        status = wait_for("Running", lambda: (lambda s: s if s.get("phase") == "Running" else None)(kube.status(ns, name)))
+        status = wait_for("Searching", lambda: (lambda s: s if s.get("phase") == "Searching" else None)(kube.status(ns, name)))
         assert condition(status, "RedisReachable")["status"] == "True" and status["trials"]["total"] == 2
         client.close()
         assert "s3cret" not in json.dumps(kube.search(ns, name))

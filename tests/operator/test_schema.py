@@ -95,6 +95,11 @@ BAD = [
     ("cost-target-huge", {"objective": {"costPenalty": {"target": 1e300}}}, "spec.objective.costPenalty.target", True),
     ("validation-fraction", {"training": {"dataset": {"validationFraction": 0.9}}},
      "spec.training.dataset.validationFraction", True),
+    ("darts-with-hyperparameters", {"strategy": {"algorithm": "darts"}, "searchSpace": {"hyperparameters": [
+        {"name": "learningRate", "type": "float", "low": 0.01, "high": 0.1}]}},
+     "searchSpace.hyperparameters: not accepted with strategy.algorithm enas, darts or spos", True),
+    ("enas-with-early-stopping", {"strategy": {"algorithm": "enas"}, "training": {"earlyStopping": {"algorithm": "asha"}}},
+     "training.earlyStopping.algorithm: must be none with strategy.algorithm enas, darts or spos", True),
     ("quoted-number", {"budget": {"maxTrials": "10"}}, "spec.budget.maxTrials", True),
 ]
 

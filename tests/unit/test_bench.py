@@ -140,6 +140,15 @@ def test_local_search_beats_random_in_the_harness(small_table):
     assert "| local-search | " in text
 
 
+def test_parameters_are_named_as_in_a_manifest_and_reach_the_strategy_as_keywords():
+    """--param takes strategy.parameters' camelCase names; the strategy gets its snake_case keywords."""
+    spec = Spec("tpe@few", {"nStartupTrials": 3, "constantLiar": True})
+    assert spec.strategy_params == {"n_startup_trials": 3, "constant_liar": True}
+    staged = Spec("random+asha", {"minEpochs": 2, "reductionFactor": 2})
+    assert staged.strategy_params == {} and staged.scheduler_params == {"minEpochs": 2, "reductionFactor": 2,
+                                                                        "minTrials": 5}
+
+
 def test_cli_prints_one_row_per_strategy(small_table, capsys):
     code = main(["bench", "strategies", "--table", small_table, "--budget", "12,20", "--workers", "3",
                  "--seeds", "3", "--strategies", "random,evolution,evolution@small",
@@ -156,6 +165,8 @@ def test_cli_prints_one_row_per_strategy(small_table, capsys):
     (["--strategies", "random,bogus"], "'bogus' is not known"),
     (["--param", "evolution.population=4"], "'evolution' is not among the strategies run"),
     (["--strategies", "evolution", "--param", "evolution.colour=4"], "no parameter \\['colour'\\]"),
+    (["--strategies", "tpe", "--param", "tpe.n_startup_trials=4"],
+     "--param tpe.n_startup_trials: did you mean tpe.nStartupTrials\\?"),
     (["--param", "random"], "expected NAME.KEY=VALUE"),
     (["--budget", "ten"], "--budget: expected positive integers"),
 ])
@@ -286,6 +297,17 @@ def test_replay_reads_epoch_e_for_a_trial_trained_e_epochs(curve_table, monkeypa
     assert any(r.status == "stopped" and r.reward is None for r in told)
 
 
+def test_a_run_that_finished_no_trial_is_left_out_of_the_summary():
+    from kubenas.bench.harness import RunResult
+
+    def run(best):
+        return RunResult(label="random", seed=0, budget=1, queries=1, best_val=best, best_test=best,
+                         found_best=False, hits=0, misses=0, seconds=0.0)
+
+    row = summarize([run(80.0), run(float("nan")), run(82.0)], ["random"])[0]
+    assert row["test_mean"] == pytest.approx(81.0) and row["runs"] == 3
+
+
 def test_replay_confines_a_search_to_the_cells_of_a_partial_table(curve_table):
     from kubenas.bench import replay
 
@@ -305,7 +327,7 @@ def test_replay_is_reproducible(curve_table):
 
 def test_cli_replays_a_curve_table_at_equal_epochs(curve_table, capsys):
     code = main(["bench", "strategies", "--table", curve_table, "--budget", "6", "--workers", "2", "--seeds", "3",
-                 "--strategies", "random,random+asha,random+hyperband", "--param", "random+asha.min_epochs=2",
+                 "--strategies", "random,random+asha,random+hyperband", "--param", "random+asha.minEpochs=2",
                  "--processes", "1"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -367,8 +389,68 @@ def test_generate_writes_a_curve_table_and_resumes(tmp_path):
         assert 0 <= float(r["test_acc_e1"]) <= 100 and int(r["parameters"]) > 0
     table = load_table(path)
     assert table.epochs == 2 and len(table) == 3
+    curves.setting_path(path).unlink()  # a table without its setting: its columns still guard it
     with pytest.raises(ValueError, match="not those of 3 epochs and 2 seeds"):
         curves.generate(path, 4, task, curves.CurveConfig(channels=4, epochs=3), [0, 1], log=lambda _: None)
+
+
+def test_a_table_is_resumed_only_with_the_setting_that_began_it(tmp_path):
+    from kubenas.bench import curves
+
+    task = curves.CurveTask(**TINY_TASK)
+    cfg = curves.CurveConfig(channels=4, epochs=1, batch_size=32)
+    path = tmp_path / "curves.csv"
+    assert curves.generate(path, 1, task, cfg, [0, 1], log=lambda _: None) == 1
+    assert curves.setting_path(path).is_file()
+    with pytest.raises(ValueError, match="begun with another setting"):
+        curves.generate(path, 2, task, curves.CurveConfig(channels=8, epochs=1, batch_size=32), [0, 1],
+                        log=lambda _: None)
+    assert len(list(curves.iter_rows(path))) == 1
+
+
+def test_a_pilot_evaluates_only_the_last_epoch():
+    import math
+
+    from kubenas.bench import curves
+
+    data = curves.make_task(curves.CurveTask(**TINY_TASK))
+    cell = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|"
+    curve = curves.train_curves(cell, data, curves.CurveConfig(channels=4, epochs=2, batch_size=32), [0, 1],
+                                every_epoch=False)
+    assert all(math.isnan(v[0]) and 0 < v[1] <= 1 for v in curve.val + curve.test)
+
+
+def test_the_side_by_side_network_computes_each_seeds_network():
+    import torch
+
+    from kubenas.bench.curves import _side_by_side
+    from kubenas.nn import ModelConfig, build_model
+
+    cell = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|"
+    models = []
+    for seed in (3, 4, 5):
+        torch.manual_seed(seed)
+        models.append(build_model({"space": "nasbench201", "cell": cell, "hparams": {}},
+                                  ModelConfig(channels=4, cells_per_stage=1, num_classes=10, in_channels=1)))
+    wide = _side_by_side(models).to(memory_format=torch.channels_last)
+    x = torch.randn(16, 3, 8, 8)  # seed s reads channel s
+    for training in (True, False):
+        for m in [wide, *models]:
+            m.train(training)
+        expected = torch.stack([m(x[:, s:s + 1]) for s, m in enumerate(models)], 1)
+        assert torch.allclose(wide(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5)
+
+
+def test_predicted_agreement_matches_the_measured_one():
+    import numpy as np
+
+    from kubenas.bench.curves import predicted_agreement, seed_agreement
+
+    rng = np.random.default_rng(0)
+    cells = rng.normal(0, 1.0, size=(400, 1)) + rng.normal(0, 2.0, size=(400, 16))  # seed sd 2, cell sd 1
+    predicted = predicted_agreement(cells[:, :4], 8)  # from 4 seeds: what 8 per half give
+    assert predicted["seed_sd"] == pytest.approx(2.0, rel=0.1) and predicted["cell_sd"] == pytest.approx(1.0, rel=0.15)
+    assert predicted["tau_all"] == pytest.approx(seed_agreement(cells)["tau_all"], abs=0.06)
 
 
 def test_seed_agreement_is_kendall_tau_of_the_two_halves():

@@ -212,10 +212,11 @@ def test_enums_bounds_and_cel_rules():
     hp = at(spec, "searchSpace.hyperparameters")
     assert hp["x-kubernetes-list-map-keys"] == ["name"]
     assert "hyperparameter: low must be below high" in messages(hp["items"])
-    for field in ("searchSpace", "strategy", "objective", "training", "redis"):
+    for field in ("searchSpace", "strategy", "objective", "training", "redis", "final", "oneShot"):
         assert any(r["rule"] == "self == oldSelf" for r in at(spec, field)["x-kubernetes-validations"]), field
     # the immutable fields are the ones the models mark, each rule naming its field
-    assert sorted(PATH_RULES) == sorted(f"spec.{f}" for f in ("searchSpace", "strategy", "objective", "training", "redis"))
+    assert sorted(PATH_RULES) == sorted(f"spec.{f}" for f in ("searchSpace", "strategy", "objective", "training", "redis",
+                                                               "final", "oneShot"))
     assert all(rules[0]["message"].startswith(f"{path} is immutable") for path, rules in PATH_RULES.items())
     for field in ("budget", "trainer", "controller", "suspend"):
         assert not any("oldSelf" in r["rule"] for r in at(spec, field).get("x-kubernetes-validations", [])), field

@@ -253,7 +253,7 @@ def test_status_lifecycle():
     s = st.compute_status(s, obs(now="2026-01-01T00:02:00Z", redis_checked=True, trainer_ready=2, summary=summary(
         trials={"total": 3, "running": 2, "succeeded": 1}, bestReward=0.8, bestTrial="t1",
         bestGenotype={"space": "nasnet"}, updated="u1", recent=[{"id": "t1", "status": "succeeded", "reward": 0.8}])))
-    assert s["phase"] == "Running" and s["trials"]["total"] == 3 and s["bestReward"] == 0.8 and s["replicas"] == 2
+    assert s["phase"] == "Searching" and s["trials"]["total"] == 3 and s["bestReward"] == 0.8 and s["replicas"] == 2
     assert s["recent"] == [{"id": "t1", "status": "succeeded", "reward": 0.8}]  # every summary field is copied
     # unchanged input: nothing to write
     again = st.compute_status(s, obs(now="2026-01-01T00:03:00Z", redis_checked=True, trainer_ready=2, summary=summary(
@@ -283,11 +283,11 @@ def test_status_controller_failure_and_suspend():
     s = st.compute_status({}, obs(controller_failure="the controller Job failed: BackoffLimitExceeded"))
     assert s["phase"] == "Failed" and s["finishReason"] == "ControllerFailed"
     assert "BackoffLimitExceeded" in st.condition(s, "Failed")["message"]
-    s = st.compute_status({"phase": "Running", "trials": {"total": 4}}, obs(suspended=True))
+    s = st.compute_status({"phase": "Searching", "trials": {"total": 4}}, obs(suspended=True))
     assert s["phase"] == "Suspended" and st.condition(s, "Suspended")["status"] == "True"
     assert s["trials"] == {"total": 4}  # progress is kept
     s = st.compute_status(s, obs(suspended=False))
-    assert s["phase"] == "Running" and st.condition(s, "Suspended")["status"] == "False"
+    assert s["phase"] == "Searching" and st.condition(s, "Suspended")["status"] == "False"
 
 
 def test_invalid_spec_is_a_condition_and_can_be_fixed():
@@ -304,7 +304,7 @@ def test_invalid_spec_is_a_condition_and_can_be_fixed():
 def test_redis_problem_keeps_the_last_summary():
     s = st.compute_status({}, obs(redis_checked=True, summary=summary(trials={"total": 2}, updated="u")))
     s = st.compute_status(s, obs(redis_checked=True, redis_problem=st.Problem("Unreachable", "no route")))
-    assert s["phase"] == "Running" and s["trials"]["total"] == 2
+    assert s["phase"] == "Searching" and s["trials"]["total"] == 2
     assert st.condition(s, "RedisReachable")["status"] == "False"
 
 

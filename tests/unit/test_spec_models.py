@@ -7,7 +7,8 @@ import pytest
 
 from kubenas.errors import InvalidSpec
 from kubenas.manifest import parse_manifest
-from kubenas.spec import HYPERPARAMETER_BOUNDS, STRATEGY_NAMES, STRATEGY_PARAMETERS, ArchitectureSearchSpec
+from kubenas.spec import (HYPERPARAMETER_BOUNDS, STRATEGY_NAMES, STRATEGY_PARAMETERS, ArchitectureSearchSpec,
+                          strategy_keyword, strategy_keyword_arguments, strategy_parameter_name)
 
 
 def manifest(spec: dict) -> dict:
@@ -79,14 +80,32 @@ def test_hyperparameter_bounds_are_the_training_fields_bounds():
 
 def test_the_strategy_parameter_table_is_the_strategies_own():
     """STRATEGY_PARAMETERS (which the CRD and the models check) lists exactly what each
-    strategy's constructor accepts, each with the type of its default."""
+    strategy's constructor accepts, in camelCase, each with the type of its default; each
+    name converts to the constructor's keyword and back."""
     from kubenas.strategies import STRATEGIES, strategy_parameters
 
     assert set(STRATEGY_PARAMETERS) == set(STRATEGIES) == set(STRATEGY_NAMES)
     json_type = {bool: "boolean", int: "integer", float: "number", str: "string"}
     for name in STRATEGIES:
         accepted = strategy_parameters(name)
-        assert set(STRATEGY_PARAMETERS[name]) == set(accepted), name
-        for param, default in accepted.items():
+        table = STRATEGY_PARAMETERS[name]
+        assert all("_" not in param for param in table), (name, "camelCase on the wire")
+        assert {strategy_keyword(param) for param in table} == set(accepted), name
+        assert {strategy_parameter_name(keyword) for keyword in accepted} == set(table), name
+        for keyword, default in accepted.items():
             if default is not None:
-                assert STRATEGY_PARAMETERS[name][param] == json_type[type(default)], (name, param)
+                assert table[strategy_parameter_name(keyword)] == json_type[type(default)], (name, keyword)
+
+
+@pytest.mark.parametrize("name, keyword", [("inheritWeights", "inherit_weights"), ("nEiCandidates", "n_ei_candidates"),
+                                           ("burnInPeriod", "burn_in_period"), ("population", "population")])
+def test_parameter_names_convert_to_keywords_and_back(name, keyword):
+    assert strategy_keyword(name) == keyword and strategy_parameter_name(keyword) == name
+
+
+def test_a_snake_case_parameter_is_refused_with_the_camel_case_name():
+    with pytest.raises(InvalidSpec) as info:
+        parse_manifest(manifest({"strategy": {"algorithm": "evolution", "parameters": {"inherit_weights": True}}}))
+    assert "strategy.parameters.inherit_weights: did you mean inheritWeights?" in str(info.value)
+    search = parse_manifest(manifest({"strategy": {"algorithm": "evolution", "parameters": {"inheritWeights": True}}}))
+    assert strategy_keyword_arguments(search.spec.strategy.parameters) == {"inherit_weights": True}

@@ -207,8 +207,8 @@ def test_wrappers_pass_member_intervals_through():
 
 def test_pbt_in_the_spec_and_bad_parameters():
     spec = StrategySpec.model_validate({"algorithm": "pbt", "parameters": {
-        "population": 6, "perturbation_interval": 2, "quantile_fraction": 0.2, "resample_probability": 0.1,
-        "max_epochs": 10, "burn_in_period": 2}})
+        "population": 6, "perturbationInterval": 2, "quantileFraction": 0.2, "resampleProbability": 0.1,
+        "maxEpochs": 10, "burnInPeriod": 2}})
     assert spec.algorithm == "pbt"
     with pytest.raises(InvalidSpec, match="quantile_fraction must be in"):
         make_strategy("pbt", SPACE, quantile_fraction=0.7)
@@ -249,7 +249,7 @@ def test_the_controller_builds_pbt_with_the_searchs_epochs_per_member():
     spec = ArchitectureSearchSpec.model_validate({
         "searchSpace": {"type": "nasbench201", "hyperparameters": [
             {"name": "learningRate", "type": "float", "low": 0.001, "high": 0.5, "log": True}]},
-        "strategy": {"algorithm": "pbt", "parameters": {"population": 3, "perturbation_interval": 2}},
+        "strategy": {"algorithm": "pbt", "parameters": {"population": 3, "perturbationInterval": 2}},
         "training": {"epochs": 5}})
     strategy = build_strategy(spec, build_space(spec.search_space))
     batch = strategy.ask(5)
@@ -264,3 +264,15 @@ def test_the_controller_builds_pbt_with_the_searchs_epochs_per_member():
         except SearchExhausted:
             break
     assert sorted(epochs) == [1, 1, 1, 2, 2, 2, 2, 2, 2]
+
+
+def test_a_strategys_complaint_names_the_parameter_as_the_manifest_spells_it():
+    from kubenas_controller.strategy import build_strategy
+
+    from kubenas.spec import ArchitectureSearchSpec
+
+    spec = ArchitectureSearchSpec.model_validate({
+        "strategy": {"algorithm": "pbt", "parameters": {"perturbationInterval": 9}}, "training": {"epochs": 4}})
+    with pytest.raises(InvalidSpec) as info:
+        build_strategy(spec, build_space(spec.search_space))
+    assert "need 1 <= perturbationInterval <= maxEpochs (got perturbationInterval=9, maxEpochs=4)" in str(info.value)

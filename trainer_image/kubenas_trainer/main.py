@@ -63,6 +63,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="besides after every epoch, checkpoint at most this often within a long epoch "
                         "(env KUBENAS_CHECKPOINT_SECONDS, default 300)")
     p.add_argument("--log-level", default=env("KUBENAS_LOG_LEVEL", "INFO"))
+    p.add_argument("--processes", type=int, default=env("KUBENAS_TRAINER_PROCESSES", "1"),
+                   help="run this many trainer processes sharing this device, each on a trial of its own "
+                        "(spec.trainer.trialsPerGPU; env KUBENAS_TRAINER_PROCESSES, default 1): a supervisor "
+                        "starts them with ids TRAINER_ID-0, -1, ... and metrics ports PORT, PORT+1, ...")
     return p
 
 
@@ -96,6 +100,11 @@ def check_args(args: argparse.Namespace) -> None:
                       "above 0")
     if args.artifacts is not None:
         check_artifacts(args.artifacts)
+    if not 1 <= args.processes <= 64:
+        raise BadFlag(f"--processes: {args.processes} is not accepted: use 1 to 64 trainer processes")
+    if args.processes > 1 and args.metrics_port > 0 and args.metrics_port + args.processes - 1 > 65535:
+        raise BadFlag(f"--metrics-port: {args.metrics_port} is not accepted with --processes {args.processes}: "
+                      f"process i serves on PORT+i, so use at most {65536 - args.processes}")
     if args.trainer_id is not None and not re.fullmatch(r"[!-~]{1,200}", args.trainer_id):
         raise BadFlag(f"--trainer-id: {args.trainer_id!r} is not accepted: use 1-200 printable ASCII characters "
                       "without spaces (it names the trainer in Redis)")
@@ -132,7 +141,18 @@ def check_device(device: str) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.processes > 1:
+        try:  # refused once here, not K times by the trainers
+            check_args(args)
+            check_device(args.device)
+        except BadFlag as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
+        from kubenas_trainer import supervisor
+
+        return supervisor.run(args, argv)
     return run(args, checks=(check_device,))
 
 

@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import threading
 import time
 import traceback
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import redis
@@ -75,6 +78,9 @@ class TrialOutcome:
     reason: Optional[str] = None
     resumed_from_epoch: Optional[int] = None
     attempts: int = 1
+    test_accuracy: Optional[float] = None  # a final trial's, on the test split
+    test_images: Optional[int] = None
+    export_path: Optional[str] = None  # a final trial's exported model
 
 
 class Trainer:
@@ -216,7 +222,8 @@ class Trainer:
             status=outcome.status, reward=outcome.reward, curve=outcome.curve[-1000:], cost=outcome.cost,
             epochs=outcome.epochs, error=clip_error(outcome.reason) if outcome.reason else None,
             started=started, finished=time.time(), device=outcome.device,
-            resumed_from_epoch=outcome.resumed_from_epoch, attempts=max(claim.attempt, outcome.attempts))
+            resumed_from_epoch=outcome.resumed_from_epoch, attempts=max(claim.attempt, outcome.attempts),
+            test_accuracy=outcome.test_accuracy, test_images=outcome.test_images, export_path=outcome.export_path)
         if self._post(claim, result):
             self.trials_done += 1
             metrics.TRAINER_TRIALS.labels(self.search, outcome.status).inc()
@@ -370,7 +377,7 @@ class Trainer:
         import torch
 
         from kubenas.spaces import space_of
-        from kubenas.training import TrainConfig, load_dataset, train_proxy
+        from kubenas.training import TrainConfig, load_dataset_spec, train_proxy
         from kubenas.training.checkpoints import CheckpointInvalid
 
         if not self._torch_ready:
@@ -381,16 +388,17 @@ class Trainer:
         t = trial.training
         space = space_of(trial.genotype)
         genotype = space.validate_architecture(trial.genotype)
-        key = json.dumps([t.dataset.model_dump(mode="json"), t.seed], sort_keys=True)
+        augmentation = t.augmentation.model_dump(mode="json") if t.augmentation is not None else None
+        key = json.dumps([t.dataset.model_dump(mode="json"), t.seed, augmentation], sort_keys=True)
         if key != self._dataset_key:
             self._dataset = None
-            self._dataset = load_dataset(t.dataset.name, t.dataset.root, t.dataset.download,
-                                         t.dataset.validation_fraction, t.dataset.train_subset, t.seed)
+            self._dataset = load_dataset_spec(t.dataset, t.seed, t.augmentation)
             self._dataset_key = key
         cfg = TrainConfig(epochs=trial.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
                           momentum=t.momentum, weight_decay=t.weight_decay, drop_path=t.drop_path, seed=t.seed,
                           device=self.options.device, channels=t.channels, cells_per_stage=t.cells_per_stage,
-                          auxiliary=t.auxiliary_head)
+                          auxiliary=t.auxiliary_head, skeleton=t.skeleton, schedule_epochs=trial.schedule_epochs,
+                          schedule_start=trial.schedule_start)
         genotype_hash = space.hash(genotype)
         start = self._own_checkpoint(claim, genotype_hash)
         attempts = max(claim.attempt, int(start.progress.get("attempts", 0)) + 1 if start is not None else 1)
@@ -399,6 +407,9 @@ class Trainer:
             checkpoints = dict(on_checkpoint=lambda state: self._save(claim, genotype, genotype_hash, attempts, state),
                                checkpoint_seconds=self.options.checkpoint_seconds,
                                prepare_model=self._warm_start(claim))
+        trained: dict[str, Any] = {}  # a final trial's last state: its trained weights, to export
+        if trial.final:
+            checkpoints = self._keep_last_state(checkpoints, trained)
         try:
             outcome = train_proxy(genotype, self._dataset, cfg, on_epoch=lambda r: self._on_epoch(claim, r),
                                   interrupt=self.interrupt, start=start, **checkpoints)
@@ -413,9 +424,102 @@ class Trainer:
                 "train_seconds": float(outcome.seconds)}
         if trial.measure_latency:
             cost["latency_seconds"] = self._latency(genotype, cfg)
-        return TrialOutcome(outcome.status, float(outcome.reward), [r.val_acc for r in outcome.curve], cost,
-                            len(outcome.curve), outcome.device, outcome.reason,
-                            resumed_from_epoch=None if start is None else start.epoch, attempts=attempts)
+        result = TrialOutcome(outcome.status, float(outcome.reward), [r.val_acc for r in outcome.curve], cost,
+                              len(outcome.curve), outcome.device, outcome.reason,
+                              resumed_from_epoch=None if start is None else start.epoch, attempts=attempts)
+        if trial.final and outcome.status == "succeeded":
+            weights = trained.get("state").model if "state" in trained else (start.model if start else None)
+            if weights is None:
+                raise RuntimeError(f"final trial {trial.trial_id}: no trained weights to export")
+            self._test_and_export(trial, genotype, genotype_hash, cfg, weights, result)
+        return result
+
+    # --- a final trial: test once, export with the weights ----------------------------------
+    @staticmethod
+    def _keep_last_state(checkpoints: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+        """Also keep the latest training state in memory: after the last epoch, its weights are the model."""
+        save = checkpoints.get("on_checkpoint")
+
+        def keep(state: Any) -> None:
+            if not state.step:  # an end-of-epoch state (a mid-epoch one is superseded anyway)
+                trained["state"] = state
+            if save is not None:
+                save(state)
+
+        return {**checkpoints, "on_checkpoint": keep}
+
+    def _test_and_export(self, trial: TrialMessage, genotype: dict, genotype_hash: str, cfg: Any,
+                         weights: dict, result: TrialOutcome) -> None:
+        """Measure the test accuracy once and export the trained network (safetensors, TorchScript,
+        ONNX, model.json) to ARTIFACTS/final/TRIAL, where the controller picks the winner up."""
+        from kubenas import export
+        from kubenas.nn import ModelConfig, build_model
+
+        if self.store is None:
+            raise RuntimeError("a final trial needs an artifact store to export its model to (trainer --artifacts; "
+                               "in a cluster spec.artifacts.enabled: true)")
+        data = self._dataset
+        t = trial.training
+        cfg = cfg.with_hparams(genotype.get("hparams", {}))
+        options = dict(channels=cfg.channels, cells_per_stage=cfg.cells_per_stage, num_classes=data.num_classes,
+                       in_channels=data.input_shape[0], auxiliary=cfg.auxiliary, drop_path=cfg.drop_path)
+        if "skeleton" in ModelConfig.__dataclass_fields__ and hasattr(t, "skeleton"):
+            options["skeleton"] = t.skeleton
+        model_cfg = ModelConfig(**options)
+        model = build_model(genotype, model_cfg)
+        export.load_weights(model, weights, f"trial {trial.trial_id}'s checkpoint")
+        model.eval()
+        mean, std = _channel_list(getattr(data, "mean", None)), _channel_list(getattr(data, "std", None))
+        names = getattr(data, "classes", None)
+        value_range = None if t.dataset.name == "npz" else (0.0, 1.0)  # npz: images as stored
+        # The test split, once: raw images through the model with its normalisation inside, as a user runs it.
+        result.test_accuracy, result.test_images = self._test_accuracy(trial, model, mean, std)
+        out = Path(self.store.root) / "final" / trial.trial_id
+        staging = out.with_name(f".{out.name}.{os.getpid()}")
+        size = export.compound_scale(cfg.cells_per_stage, cfg.channels, 0.0, tuple(data.input_shape))
+        extra = {"final": {"trial": trial.trial_id, "search": self.search, "validation_accuracy": result.reward,
+                           "test_accuracy": result.test_accuracy, "test_images": result.test_images,
+                           "epochs": result.epochs, "genotype_hash": genotype_hash, "dataset": data.name,
+                           "training": t.model_dump(mode="json", by_alias=True)}}
+        try:
+            export.export(genotype, staging, "both", size, num_classes=data.num_classes, seed=cfg.seed,
+                          source=f"final trial {trial.trial_id} of {self.search}", weights=weights,
+                          weights_source=f"trial {trial.trial_id}'s checkpoint", model_config=model_cfg,
+                          mean=mean, std=std, class_names=list(names) if names else None,
+                          value_range=tuple(value_range) if value_range else None, extra=extra)
+        except Exception as exc:  # noqa: BLE001 - ONNX can fail where TorchScript worked: keep what was written
+            if not (staging / export.WEIGHTS_FILE).exists():
+                raise
+            log.warning("final trial %s: export incomplete: %s", trial.trial_id, exc)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(staging, out)
+        result.export_path = str(out)
+        log.info("final trial %s: test accuracy %s on %s images; exported to %s", trial.trial_id,
+                 result.test_accuracy, result.test_images, out)
+
+    def _test_accuracy(self, trial: TrialMessage, model: Any, mean: Optional[list[float]],
+                       std: Optional[list[float]]) -> tuple[Optional[float], Optional[int]]:
+        """(accuracy, images) of the trained network on the dataset's held-out test split; (None, None)
+        for a dataset without one (said in the log)."""
+        import torch
+
+        from kubenas import export
+        from kubenas.errors import DatasetError
+        from kubenas.training.datasets import load_test_split
+
+        try:
+            test = load_test_split(trial.training.dataset)
+        except DatasetError as exc:
+            log.warning("final trial %s: no test accuracy: %s", trial.trial_id, exc)
+            return None, None
+        graph = export.Normalised(model, mean, std).eval() if mean and std else model.eval()
+        loader = torch.utils.data.DataLoader(test.dataset, batch_size=256, shuffle=False, num_workers=0)
+        correct = seen = 0
+        with torch.no_grad():
+            for images, labels in loader:
+                correct += int((graph(images).argmax(1) == labels).sum())
+                seen += len(labels)
+        return (correct / seen if seen else None), seen
 
     # --- trial checkpoints --------------------------------------------------------------
     def _own_checkpoint(self, claim: Claim, genotype_hash: str) -> Any:
@@ -514,9 +618,10 @@ class Trainer:
         data = self._dataset
         device = resolve_device(cfg.device)
         model = build_model(genotype, ModelConfig(channels=cfg.channels, cells_per_stage=cfg.cells_per_stage,
-                                                  num_classes=data.num_classes, in_channels=data.input_shape[0]))
+                                                  num_classes=data.num_classes, in_channels=data.input_shape[0],
+                                                  skeleton=cfg.skeleton))
         model = model.to(device).eval()
-        x = data.val_x[:1].to(device)
+        x = data.example().to(device)
         times = []
         with torch.no_grad():
             for i in range(12):
@@ -543,6 +648,18 @@ def _reinitialise(model: Any) -> None:
     for module in model.modules():
         if module is not model and hasattr(module, "reset_parameters"):
             module.reset_parameters()
+
+
+def _channel_list(value: Any) -> Optional[list[float]]:
+    """Per-channel statistics (a tensor of any shape, or a sequence) as a flat list of floats."""
+    if value is None:
+        return None
+    try:
+        import torch
+
+        return [float(v) for v in torch.as_tensor(value, dtype=torch.float32).flatten()]
+    except (TypeError, ValueError, RuntimeError):
+        return None
 
 
 def _fraction(value: Any) -> Optional[float]:

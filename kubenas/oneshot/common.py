@@ -1,0 +1,256 @@
+"""What the three one-shot algorithms share: settings, data shards, the weight step on a
+sampled path or a mixture, evaluation, batch-norm recalibration, and the collectives that
+keep every rank's copy identical.
+
+Pure training logic: no files, no environment. The process group is torch.distributed's
+default group (world size 1 included); the worker (kubenas/oneshot/worker.py) sets it up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from kubenas.nn.supernet import Supernet
+
+
+@dataclass(frozen=True)
+class OneShotSettings:
+    """Hyperparameters of a one-shot search (spec.training plus strategy.parameters)."""
+
+    epochs: int = 10
+    batch_size: int = 64  # global: each of W ranks takes batch_size // W
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    seed: int = 0
+    top_k: int = 3
+    # darts
+    order: int = 1
+    # The paper's 3e-4 is for ~20k CIFAR steps; a proxy run takes ~100 (Adam moves ~lr per step):
+    # at 3e-4 the alphas stay near uniform, at 3e-2 they can move by a few units.
+    arch_learning_rate: float = 3e-2
+    arch_weight_decay: float = 1e-3
+    max_skips: int = 2  # skip connections a derived cell may hold (P-DARTS' cap against collapse)
+    # enas
+    policy_steps: int = 20
+    policy_samples: int = 20
+    policy_learning_rate: float = 3.5e-3
+    entropy_weight: float = 1e-4
+    baseline_decay: float = 0.95
+    hidden: int = 64
+    # spos (and every final score)
+    evolution_population: int = 16
+    evolution_cycles: int = 4
+    mutation_probability: float = 0.1
+    calibration_batches: int = 4
+
+
+@dataclass
+class Shards:
+    """The in-memory splits; each rank reads its DistributedSampler shard of them."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    rank: int = 0
+    world: int = 1
+
+    def batches(self, which: str, batch: int, epoch: int, seed: int, part: Optional[tuple[int, int]] = None,
+                shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of `which` (train or val); `part` = (i, n) takes the i-th of n
+        contiguous parts first (DARTS' two halves of the training data). Every rank gets the
+        same number of batches (the sampler pads), so collectives stay in step."""
+        x, y = (self.train_x, self.train_y) if which == "train" else (self.val_x, self.val_y)
+        if part is not None:
+            i, n = part
+            size = len(x) // n
+            x, y = x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]
+        sampler = DistributedSampler(range(len(x)), num_replicas=self.world, rank=self.rank, shuffle=shuffle,
+                                     seed=seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), dtype=torch.long)
+        for start in range(0, len(order), batch):
+            idx = order[start:start + batch]
+            yield x[idx], y[idx]
+
+
+def rank_batch(settings: OneShotSettings, world: int) -> int:
+    return max(1, settings.batch_size // world)
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Average .grad over ranks (architecture parameters, which DDP does not wrap)."""
+    if world_size() == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world_size())
+
+
+def broadcast_from_rank0(tensors: list[torch.Tensor]) -> None:
+    """Rank 0's values everywhere: a guard against any drift in state all ranks compute."""
+    if world_size() == 1:
+        return
+    nccl = dist.get_backend() == "nccl"
+    with torch.no_grad():
+        for t in tensors:
+            data = t.data if isinstance(t, nn.Parameter) else t
+            if nccl and data.device.type == "cpu":  # NCCL moves CUDA tensors only (the ENAS policy is on the CPU)
+                staged = data.cuda()
+                dist.broadcast(staged, src=0)
+                data.copy_(staged.cpu())
+            else:
+                dist.broadcast(data, src=0)
+
+
+def digest(state: dict[str, torch.Tensor]) -> str:
+    """A short sha256 of every tensor's bytes, in key order: equal on ranks that agree."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def make_weight_optimizer(net: nn.Module, settings: OneShotSettings, steps: int):
+    optimizer = torch.optim.SGD(net.parameters(), lr=settings.learning_rate, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+    return optimizer, scheduler
+
+
+def weight_step(ddp: nn.Module, optimizer, scheduler, xb: torch.Tensor, yb: torch.Tensor, settings: OneShotSettings,
+                **forward: Any) -> tuple[float, int]:
+    """One data-parallel step of the shared weights; returns (loss sum, correct)."""
+    logits = ddp(xb, **forward)
+    loss = F.cross_entropy(logits, yb)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the supernet's training loss became {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(ddp.parameters(), settings.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.item() * len(yb), int((logits.argmax(1) == yb).sum())
+
+
+@contextmanager
+def batch_statistics(net: nn.Module) -> Iterator[None]:
+    """Batch norm on the batch's own statistics, leaving the running ones untouched
+    (momentum 0): how a sampled path is scored cheaply on shared weights."""
+    saved = [(m, m.momentum, m.training) for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training = net.training
+    net.eval()
+    for m, _, _ in saved:
+        m.train()
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, training in saved:
+            m.momentum = momentum
+            m.train(training)
+        net.train(was_training)
+
+
+def evaluate(net: Supernet, shards: Shards, batch: int, device: torch.device, *, genotype: Optional[dict] = None,
+             weights: Optional[dict] = None, running_stats: bool = False, limit: Optional[int] = None) -> tuple[float, float]:
+    """(loss, accuracy) over every rank's validation shard (all-reduced: equal on all ranks).
+    Batch statistics unless `running_stats` (after recalibration); `limit` batches per rank."""
+    correct = loss = seen = 0.0
+    context = _eval_running(net) if running_stats else batch_statistics(net)
+    with torch.no_grad(), context:
+        for i, (xb, yb) in enumerate(shards.batches("val", batch, 0, 0, shuffle=False)):
+            if limit is not None and i >= limit:
+                break
+            xb, yb = xb.to(device), yb.to(device)
+            logits = net(xb, genotype=genotype, weights=weights)
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += float((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+    loss, correct, seen = all_reduce_sum([loss, correct, seen], device)
+    return loss / max(1.0, seen), correct / max(1.0, seen)
+
+
+@contextmanager
+def _eval_running(net: nn.Module) -> Iterator[None]:
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train(was_training)
+
+
+def recalibrate(net: Supernet, genotype: dict, shards: Shards, batch: int, batches: int, device: torch.device,
+                seed: int) -> None:
+    """Guo et al. 2020: reset every batch norm's running statistics and re-estimate them
+    (a cumulative average) on a few training batches run through this path only."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = net.training
+    net.train()
+    try:
+        with torch.no_grad():
+            for i, (xb, _) in enumerate(shards.batches("train", batch, 0, seed)):
+                if i >= batches:
+                    break
+                net(xb.to(device), genotype=genotype)
+    finally:
+        for m, momentum in zip(bns, saved):
+            m.momentum = momentum
+        net.train(was_training)
+
+
+def score_genotypes(net: Supernet, genotypes: list[dict], shards: Shards, settings: OneShotSettings,
+                    device: torch.device) -> list[float]:
+    """Each path's validation accuracy on the shared weights, batch norm recalibrated per
+    path; the running statistics are put back afterwards."""
+    buffers = {k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
+    batch = rank_batch(settings, shards.world)
+    scores = []
+    try:
+        for g in genotypes:
+            recalibrate(net, g, shards, batch, settings.calibration_batches, device, settings.seed)
+            scores.append(evaluate(net, shards, max(256, batch), device, genotype=g, running_stats=True)[1])
+    finally:
+        net.load_state_dict(buffers, strict=False)
+    return scores
+
+
+def entropy_of(weights: dict[str, torch.Tensor]) -> float:
+    """Mean entropy (nats) of the softmax rows of the architecture weights."""
+    values = [-(w * torch.log(w.clamp_min(1e-12))).sum(-1).mean() for w in weights.values()]
+    return float(torch.stack(values).mean()) if values else math.nan
+
+
+def steps_per_epoch(n: int, settings: OneShotSettings, world: int, parts: int = 1) -> int:
+    per_rank = math.ceil((n // parts) / world)
+    return max(1, math.ceil(per_rank / rank_batch(settings, world)))

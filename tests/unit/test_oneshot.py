@@ -1,0 +1,321 @@
+"""One-shot algorithms and their worker: DARTS' steps, derivation, and real training runs of
+`python -m kubenas.oneshot` at world size 1 (in this process) and 2 (two processes, gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from kubenas.local.processes import die_with_parent
+from kubenas.nn.networks import ModelConfig
+from kubenas.nn.supernet import build_supernet
+from kubenas.oneshot.base import top_distinct
+from kubenas.oneshot.common import OneShotSettings, Shards
+from kubenas.oneshot.darts import Darts
+from kubenas.oneshot.derive import derive_from_alphas
+from kubenas.oneshot.worker import main
+from kubenas.spaces import build_space
+from kubenas.spec import ArchitectureSearchSpec
+from kubenas.training.datasets import load_dataset
+from tests.support.net import free_port
+from tests.support.waiting import wait_for
+
+CFG = ModelConfig(channels=4, cells_per_stage=1, in_channels=1, num_classes=10)
+FAST = {"enas": {"policySteps": 3, "policySamples": 4}, "darts": {}, "spos": {"evolutionPopulation": 4,
+                                                                              "evolutionCycles": 1}}
+
+
+def spec_file(tmp_path: Path, algorithm: str, space="nasbench201", epochs=1, subset=160, **parameters) -> Path:
+    spec = ArchitectureSearchSpec.model_validate({
+        "searchSpace": {"type": space} if isinstance(space, str) else space,
+        "strategy": {"algorithm": algorithm, "parameters": {"topK": 2, "calibrationBatches": 1, **parameters}},
+        "training": {"epochs": epochs, "batchSize": 32, "channels": 4, "cellsPerStage": 1,
+                     "dataset": {"name": "digits", "trainSubset": subset, "validationFraction": 0.1}}})
+    path = tmp_path / f"{algorithm}.json"
+    path.write_text(spec.model_dump_json(by_alias=True))
+    return path
+
+
+@pytest.fixture(scope="module")
+def shards() -> Shards:
+    data = load_dataset("digits", validation_fraction=0.1, train_subset=128, seed=0)
+    return Shards(data.train_x, data.train_y, data.val_x, data.val_y)
+
+
+@pytest.fixture
+def single_process_group():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_one_darts_architecture_step_changes_the_alphas_and_not_the_weights(order, shards, single_process_group):
+    torch.manual_seed(0)
+    space = build_space("nasbench201")
+    darts = Darts(build_supernet(space, CFG), space, OneShotSettings(epochs=1, order=order), shards,
+                  torch.device("cpu"))
+    alphas = {k: v.detach().clone() for k, v in darts.alphas.items()}
+    weights = {k: v.detach().clone() for k, v in darts.net.named_parameters()}
+    darts.arch_step(shards.train_x[:16], shards.train_y[:16], shards.train_x[16:32], shards.train_y[16:32])
+    assert any(not torch.equal(alphas[k], v) for k, v in darts.alphas.items())
+    # Second order perturbs the weights (virtual step, w+-) and must put them back exactly.
+    assert all(torch.equal(weights[k], v) for k, v in darts.net.named_parameters())
+
+
+def test_the_second_order_step_differs_from_the_first(shards, single_process_group):
+    steps = []
+    for order in (1, 2):
+        torch.manual_seed(0)
+        space = build_space("nasbench201")
+        darts = Darts(build_supernet(space, CFG), space, OneShotSettings(epochs=1, order=order, learning_rate=0.5),
+                      shards, torch.device("cpu"))
+        darts.arch_optimizer = torch.optim.SGD(darts.alphas.parameters(), lr=1.0)  # the raw gradient as the step
+        before = darts.alphas["cell"].detach().clone()
+        darts.arch_step(shards.train_x[:16], shards.train_y[:16], shards.train_x[16:32], shards.train_y[16:32])
+        steps.append(darts.alphas["cell"].detach() - before)
+    assert not torch.allclose(steps[0], steps[1])
+
+
+@pytest.mark.parametrize("space_spec", ["nasbench201", "darts", "nasnet", {"type": "nasnet", "combines": ["concat"]}],
+                         ids=str)
+def test_derivation_gives_valid_distinct_genotypes_the_argmax_first(space_spec):
+    space = build_space(space_spec)
+    net = build_supernet(space, CFG)
+    gen = torch.Generator().manual_seed(3)
+    alphas = {k: torch.randn(shape, generator=gen) for k, shape in net.arch_shapes().items()}
+    derived = derive_from_alphas(space, alphas, k=5)
+    assert len(derived) == 5
+    hashes = {space.hash(g) for g, _ in derived}
+    assert len(hashes) == 5
+    for genotype, _ in derived:
+        assert space.validate(genotype) == genotype
+    scores = [s for _, s in derived]
+    assert scores == sorted(scores, reverse=True)
+    best = derived[0][0]
+    if space.name == "nasbench201":
+        ops = list(space.operations)
+        strongest = [ops[int(row[1:].argmax()) + 1] for row in alphas["cell"]]  # "none" (index 0) left out
+        assert best["cell"] == build_space("nasbench201").validate(
+            {"space": "nasbench201", "cell": "|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*strongest)})["cell"]
+    if space.name == "darts":  # per node: the two edges whose best non-none op is strongest
+        ops = list(space.operations)
+        w = torch.softmax(alphas["normal"], -1)
+        for n, node in enumerate(best["normal"]):
+            first = n * (n + 3) // 2
+            strength = [float(w[first + src, 1:].max()) for src in range(2 + n)]
+            assert sorted(node["inputs"]) == sorted(sorted(range(2 + n), key=lambda s: -strength[s])[:2])
+            assert all(op != "none" for op in node["ops"])
+            for src, op in zip(node["inputs"], node["ops"]):
+                assert op == ops[int(w[first + src, 1:].argmax()) + 1]
+    if space.name == "nasnet":
+        assert {b["combine"] for cell in ("normal", "reduction") for b in best[cell]} == {space.combines[0]}
+
+
+def test_top_distinct_keeps_one_genotype_per_hash_best_first():
+    space = build_space("darts")
+    import random
+
+    a = space.sample(random.Random(0))
+    swapped = dict(a, normal=[{"inputs": n["inputs"][::-1], "ops": n["ops"][::-1]} for n in a["normal"]])
+    b = space.sample(random.Random(1))
+    out = top_distinct(space, [(a, 0.5), (swapped, 0.9), (b, 0.7)], k=3)
+    assert [item["score"] for item in out] == [0.9, 0.7]  # a and its operand swap are one cell
+    assert out[0]["hash"] == space.hash(a)
+
+
+# --- the worker, world size 1 in this process ---------------------------------------------------
+
+@pytest.mark.parametrize("algorithm", ["enas", "darts", "spos"])
+def test_the_worker_trains_and_writes_the_top_k_derived_genotypes(algorithm, tmp_path, capfd):
+    spec = spec_file(tmp_path, algorithm, **FAST[algorithm])
+    assert main(["--spec", str(spec), "--artifacts", str(tmp_path / "art"), "--device", "cpu"], env={}) == 0
+    derived = json.loads((tmp_path / "art" / "supernet" / "derived.json").read_text())
+    assert derived["algorithm"] == algorithm
+    space = build_space("nasbench201")
+    assert len(derived["genotypes"]) == 2
+    assert len({item["hash"] for item in derived["genotypes"]}) == 2
+    for item in derived["genotypes"]:
+        assert space.hash(space.validate(item["genotype"])) == item["hash"]
+        assert 0.0 <= item["score"] <= 1.0
+    assert (tmp_path / "art" / "supernet" / "epoch-1.safetensors").is_file()
+    err = capfd.readouterr().err
+    assert re.search(r"rank=0 event=epoch epoch=1 epochs=1 .*val_acc=", err)
+    # A second start resumes after the last epoch: nothing is trained again.
+    assert main(["--spec", str(spec), "--artifacts", str(tmp_path / "art"), "--device", "cpu"], env={}) == 0
+    err = capfd.readouterr().err
+    assert "resumed_from=1" in err and "event=epoch" not in err
+
+
+@pytest.mark.parametrize("algorithm, space_spec, parameters", [
+    ("darts", {"type": "darts", "blocks": 2}, {"order": 2}),
+    ("enas", {"type": "nasnet", "blocks": 2}, FAST["enas"]),
+    ("spos", {"type": "darts", "blocks": 2}, FAST["spos"]),
+], ids=["darts-darts", "enas-nasnet", "spos-darts"])
+def test_the_worker_trains_block_space_supernets(algorithm, space_spec, parameters, tmp_path):
+    spec = spec_file(tmp_path, algorithm, space=space_spec, subset=64, **parameters)
+    assert main(["--spec", str(spec), "--artifacts", str(tmp_path / "art"), "--device", "cpu"], env={}) == 0
+    derived = json.loads((tmp_path / "art" / "supernet" / "derived.json").read_text())
+    space = build_space(space_spec)
+    assert len({space.hash(space.validate(item["genotype"])) for item in derived["genotypes"]}) == 2
+
+
+@pytest.mark.parametrize("case, env, message", [
+    ("random", {}, "strategy.algorithm: 'random' is not a one-shot algorithm"),
+    ("spos", {"WORLD_SIZE": "2", "RANK": "2"}, "environment RANK: rank 2 is out of range"),
+    ("spos", {"WORLD_SIZE": "2", "RANK": "1"}, "environment MASTER_ADDR"),
+    ("spos", {"KUBENAS_ONESHOT_TIMEOUT": "0"}, "environment KUBENAS_ONESHOT_TIMEOUT"),
+    ("topK", {}, "strategy.parameters.topK: 0 is not accepted"),
+    ("hyperparameters", {}, "searchSpace.hyperparameters: not accepted with strategy.algorithm enas, darts or spos"),
+])
+def test_bad_input_exits_2_naming_the_field(case, env, message, tmp_path, capfd):
+    if case == "random":
+        spec = tmp_path / "s.json"
+        spec.write_text(ArchitectureSearchSpec.model_validate({"strategy": {"algorithm": "random"}})
+                        .model_dump_json(by_alias=True))
+    elif case == "topK":
+        spec = spec_file(tmp_path, "spos")
+        data = json.loads(spec.read_text())
+        data["strategy"]["parameters"]["topK"] = 0
+        spec.write_text(json.dumps(data))
+    elif case == "hyperparameters":
+        spec = tmp_path / "s.json"  # the spec itself refuses it now: the worker reads it through the same models
+        data = json.loads(ArchitectureSearchSpec.model_validate({"strategy": {"algorithm": "darts"}})
+                          .model_dump_json(by_alias=True))
+        data["searchSpace"]["hyperparameters"] = [{"name": "learningRate", "type": "float", "low": 0.01, "high": 0.1}]
+        spec.write_text(json.dumps(data))
+    else:
+        spec = spec_file(tmp_path, case)
+    assert main(["--spec", str(spec), "--artifacts", str(tmp_path / "art")], env=env) == 2
+    err = capfd.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_checkpoint_of_another_search_is_refused(tmp_path, capfd):
+    art = str(tmp_path / "art")
+    assert main(["--spec", str(spec_file(tmp_path, "spos", **FAST["spos"])), "--artifacts", art], env={}) == 0
+    other = spec_file(tmp_path, "spos", subset=100, **FAST["spos"])
+    capfd.readouterr()
+    assert main(["--spec", str(other), "--artifacts", art], env={}) == 2
+    assert "belongs to another search" in capfd.readouterr().err
+
+
+# --- two real processes over gloo --------------------------------------------------------------
+
+def start_group(spec: Path, artifacts: Path, logs: Path, timeout: float = 120) -> list[subprocess.Popen]:
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, WORLD_SIZE="2", RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   KUBENAS_ONESHOT_TIMEOUT=str(timeout), OMP_NUM_THREADS="1")
+        with open(logs / f"rank{rank}.log", "w") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "kubenas.oneshot", "--spec", str(spec),
+                                           "--artifacts", str(artifacts), "--device", "cpu"],
+                                          stderr=log, stdout=subprocess.DEVNULL, env=env,
+                                          preexec_fn=die_with_parent()))  # no worker outlives the tests
+    return procs
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[int]:
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def digests(log: Path) -> dict[int, str]:
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"event=epoch epoch=(\d+) .* weights=(\w+)",
+                                                              log.read_text())}
+
+
+@pytest.mark.parametrize("algorithm", ["enas", "darts"])
+def test_two_ranks_hold_the_same_weights_after_every_epoch(algorithm, tmp_path):
+    spec = spec_file(tmp_path, algorithm, epochs=2, **FAST[algorithm])
+    procs = start_group(spec, tmp_path / "art", tmp_path)
+    assert finish(procs) == [0, 0], (tmp_path / "rank0.log").read_text() + (tmp_path / "rank1.log").read_text()
+    first, second = digests(tmp_path / "rank0.log"), digests(tmp_path / "rank1.log")
+    assert sorted(first) == [1, 2] and first == second
+    assert first[1] != first[2]  # the weights did train
+    assert (tmp_path / "art" / "supernet" / "derived.json").is_file()
+
+
+def signal_rank1_after_a_checkpoint(spec, tmp_path, timeout: int, signum) -> tuple[int, float]:
+    """Start a group of two, send rank 1 `signum` once an epoch is checkpointed (only the newest
+    is kept: any epoch's will do); rank 0's exit code and the seconds it took to exit after."""
+    checkpoints = tmp_path / "art" / "supernet"
+    procs = start_group(spec, tmp_path / "art", tmp_path, timeout=timeout)
+    try:
+        wait_for("an epoch's checkpoint", lambda: any(checkpoints.glob("epoch-*.json"))
+                 or procs[0].poll() is not None, timeout=180, logs=[tmp_path / "rank0.log"])
+        assert procs[0].poll() is None, "finished before a worker could be signalled; give it more epochs"
+        procs[1].send_signal(signum)
+        sent_at = time.monotonic()
+        rc = finish(procs[:1], timeout=60)[0]
+        return rc, time.monotonic() - sent_at
+    finally:
+        procs[1].kill()  # SIGKILL ends a stopped process too
+        finish(procs)
+
+
+def test_losing_a_worker_ends_the_other_and_a_restart_resumes_from_the_last_epoch(tmp_path):
+    spec = spec_file(tmp_path, "spos", epochs=8, subset=320, evolutionPopulation=2, evolutionCycles=0)
+    checkpoints = tmp_path / "art" / "supernet"
+    rc, waited = signal_rank1_after_a_checkpoint(spec, tmp_path, 10, signal.SIGKILL)
+    assert waited < 45
+    log = (tmp_path / "rank0.log").read_text()
+    assert rc == 1, log
+    assert "error: lost the worker group" in log and "Traceback" not in log
+    done = max(int(m) for m in re.findall(r"epoch-(\d+)\.json", " ".join(os.listdir(checkpoints))))
+    assert 1 <= done < 8
+    restarted = tmp_path / "restart"
+    restarted.mkdir()
+    assert finish(start_group(spec, tmp_path / "art", restarted)) == [0, 0], (restarted / "rank0.log").read_text()
+    log = (restarted / "rank0.log").read_text()
+    assert f"resumed_from={done}" in log
+    assert min(digests(restarted / "rank0.log")) == done + 1  # the epochs before were not trained again
+    assert json.loads((checkpoints / "derived.json").read_text())["genotypes"]
+
+
+def test_the_parameter_table_of_the_spec_is_the_workers_own():
+    from kubenas.oneshot.parameters import ALGORITHM_PARAMETERS, BOUNDS
+    from kubenas.spec import STRATEGY_PARAMETERS, strategy_parameter_name
+
+    for algorithm, defaults in ALGORITHM_PARAMETERS.items():
+        assert {strategy_parameter_name(k) for k in defaults} == set(STRATEGY_PARAMETERS[algorithm]), algorithm
+        for keyword, default in defaults.items():
+            low, high = BOUNDS[keyword]
+            assert default is None or low <= default <= high, keyword
+
+
+def test_a_peer_that_never_comes_ends_the_worker_within_the_timeout(tmp_path):
+    spec = spec_file(tmp_path, "spos")
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               KUBENAS_ONESHOT_TIMEOUT="5", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "kubenas.oneshot", "--spec", str(spec), "--artifacts",
+                           str(tmp_path / "art"), "--device", "cpu"], env=env, capture_output=True, text=True,
+                          timeout=180, preexec_fn=die_with_parent())
+    assert done.returncode == 1, done.stderr
+    assert "error: could not join the group of 2" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_silent_peer_ends_the_other_within_the_timeout(tmp_path):
+    """A peer that stops answering (SIGSTOP: hung, not gone) is noticed by the collective's timeout."""
+    spec = spec_file(tmp_path, "spos", epochs=40, evolutionPopulation=2, evolutionCycles=0)
+    rc, waited = signal_rank1_after_a_checkpoint(spec, tmp_path, 8, signal.SIGSTOP)
+    log = (tmp_path / "rank0.log").read_text()
+    assert rc == 1, log
+    assert 8 <= waited < 40, waited  # the timeout, not an instant failure and not a hang
+    assert "error: lost the worker group" in log and "Traceback" not in log
