@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(600)]
 
 MANIFEST = Path(__file__).with_name("enas-search.yaml")
 SEARCH = yaml.safe_load(MANIFEST.read_text())["metadata"]["name"]
+SUPERNET_EPOCHS = yaml.safe_load(MANIFEST.read_text())["spec"]["strategy"]["parameters"]["supernetEpochs"]
 SUPERNET = f"kubenas-{SEARCH}-supernet"  # kubenas_operator.builders.supernet_name: the Job and the Service
 WORKERS = f"app.kubernetes.io/instance={SEARCH},app.kubernetes.io/component=supernet"
 
@@ -78,9 +79,11 @@ def test_an_enas_search_survives_a_worker_killed_mid_epoch(installed: MiniCluste
 
         pods = mini.wait_for("two running worker pods", two_running, timeout=180)
         mini.mark("workers running")
-        # Rank 1 dies in the middle of epoch 2: after epoch 1's checkpoint, before epoch 2's.
+        # Rank 1 dies mid-training: after at least one epoch's checkpoint, before the last. An epoch
+        # takes about a second, so which epoch it dies in depends on the machine's load.
         mini.wait_for("epoch 1 of the supernet", lambda: (phase(), epochs_done(mini) >= 1)[1], timeout=300)
-        assert epochs_done(mini) == 1, "epoch 2 ended before the kill: raise the supernet's size"
+        done_at_kill = epochs_done(mini)
+        assert done_at_kill < SUPERNET_EPOCHS, "the supernet finished before the kill: raise its epochs"
         assert "Supernet" in phases, phases
         victim = next(p for p in pods
                       if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1")
@@ -88,7 +91,7 @@ def test_an_enas_search_survives_a_worker_killed_mid_epoch(installed: MiniCluste
         assert pid is not None, victim["metadata"]["name"]
         os.killpg(pid, signal.SIGKILL)
         killed_at = time.monotonic()
-        mini.mark("rank 1 killed in epoch 2")
+        mini.mark(f"rank 1 killed in epoch {done_at_kill + 1}")
 
         def succeeded():
             if phase() == "Failed":
@@ -105,7 +108,9 @@ def test_an_enas_search_survives_a_worker_killed_mid_epoch(installed: MiniCluste
         assert any(c["type"] == "Complete" and c["status"] == "True" for c in job["status"]["conditions"])
         logs = mini.container_logs(NS, SUPERNET, "worker")
         starts = [line for text in logs.values() for line in text.splitlines() if "event=start" in line]
-        assert any("resumed_from=1" in line for line in starts), starts
+        # Rank 0 may still checkpoint the epoch whose last step rank 1 had finished when it died.
+        resumed = {int(m.group(1)) for line in starts if (m := re.search(r"resumed_from=(\d+)", line))}
+        assert resumed & {done_at_kill, done_at_kill + 1}, (done_at_kill, starts)
         assert "Supernet" in phases and phases[-1] == "Succeeded", phases
 
         # The derived cells went through the ordinary queue: the search's trials are exactly them.
