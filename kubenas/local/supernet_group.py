@@ -106,10 +106,12 @@ class SupernetGroup:
                      f"{f' ({self.restarts} restarts)' if self.restarts else ''}; its genotypes go to "
                      "stand-alone training", False)
             return True
-        failed = next((c for c, code in zip(self.children, codes) if code not in (None, 0)), None)
-        if failed is None:
+        failures = [(c, code) for c, code in zip(self.children, codes) if code not in (None, 0)]
+        if not failures:
             return True  # running (a worker that finished waits for the others)
-        code = failed.poll()
+        # Name the cause, not its echo: a worker killed by a signal first, since its peers exit 1
+        # ("lost the worker group") a moment later and may be seen in the same round.
+        failed, code = min(failures, key=lambda failure: failure[1] >= 0)
         from kubenas.local.runner import describe_exit
 
         why = f"{failed.name} exited ({describe_exit(code)})"

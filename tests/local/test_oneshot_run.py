@@ -51,11 +51,11 @@ def supernet_epochs(out: Path) -> list[int]:
 
 def test_a_worker_killed_mid_epoch_restarts_the_group_from_its_checkpoint_and_the_derived_cells_train(
         tmp_path, clis, monkeypatch):
-    # The real supernet worker (python -m kubenas.oneshot): ENAS, 3 epochs of a few seconds each.
+    # The real supernet worker (python -m kubenas.oneshot): ENAS, 6 epochs of about a second each.
     monkeypatch.delenv("KUBENAS_ONESHOT_COMMAND", raising=False)
     monkeypatch.setenv("KUBENAS_ONESHOT_TIMEOUT", "20")
     spec = oneshot_spec()
-    spec["strategy"]["parameters"] = {"topK": 2, "supernetEpochs": 3, "policySteps": 2, "policySamples": 4}
+    spec["strategy"]["parameters"] = {"topK": 2, "supernetEpochs": 6, "policySteps": 2, "policySamples": 4}
     spec["training"]["dataset"]["trainSubset"] = 600
     path = write_manifest(tmp_path / "s.yaml", "enas-local", spec)
     out = tmp_path / "out"
@@ -64,8 +64,9 @@ def test_a_worker_killed_mid_epoch_restarts_the_group_from_its_checkpoint_and_th
     wait_for("the first supernet checkpoint", lambda: supernet_epochs(out), 150, interval=0.05,
              logs=[out / "logs" / "supernet-1.log"])
     workers = wait_for("two workers", lambda: len(ws := pids_of(run.pid, "supernet-spec.json")) == 2 and ws, 30)
-    assert supernet_epochs(out) == [1], "epoch 2 ended before the kill: make the epochs longer"
-    os.kill(workers[1], signal.SIGKILL)  # rank 1, in the middle of epoch 2
+    done_at_kill = max(supernet_epochs(out))  # which epoch it dies in depends on the machine's load
+    assert done_at_kill < 6, "the supernet finished before the kill: give it more epochs"
+    os.kill(workers[1], signal.SIGKILL)  # rank 1, in the middle of an epoch
     info = json.loads((out / "run.json").read_text())
     assert sorted(info["supernetWorkers"]) == workers  # the runner says which processes they are
     assert not pids_of(run.pid, "--trainer-id")  # the workers have the trainers' place meanwhile
@@ -74,10 +75,12 @@ def test_a_worker_killed_mid_epoch_restarts_the_group_from_its_checkpoint_and_th
     assert "supernet-1 exited (killed by SIGKILL); restarting all 2 workers from the last checkpoint (1/3)" in run.stderr
     assert "Traceback" not in run.text
     assert not alive(workers[0])  # the survivor was stopped with the group, not left behind
-    assert supernet_epochs(out) == [3]  # the worker keeps the latest checkpoint only
-    # Restarted from its checkpoint: the second start of rank 0 began after epoch 1, not from scratch.
+    assert supernet_epochs(out) == [6]  # the worker keeps the latest checkpoint only
+    # Restarted from its checkpoint, not from scratch (rank 0 may still have checkpointed the epoch
+    # whose last step rank 1 had finished when it died).
     starts = [line for line in (out / "logs" / "supernet-0.log").read_text().splitlines() if "event=start" in line]
-    assert len(starts) == 2 and "resumed_from=0" in starts[0] and "resumed_from=1" in starts[1], starts
+    assert len(starts) == 2 and "resumed_from=0" in starts[0], starts
+    assert any(f"resumed_from={e} " in starts[1] + " " for e in (done_at_kill, done_at_kill + 1)), starts
     # The derived genotypes were trained stand-alone by the ordinary trainers, and are the result.
     derived = json.loads((out / "artifacts" / "supernet" / "derived.json").read_text())
     trials = read_trials(out / "checkpoint")
