@@ -7,7 +7,8 @@
 `generate` appends one row per cell to benchmarks/data/digits-curves.csv (the
 first --cells cells of a seeded shuffle of all 15,625, so any prefix is a
 uniform sample), skipping cells already there; stop it at any time. One
-process, one thread: it shares the machine. The setting is
+process, one thread: it shares the machine (`--shard 0/2` and `--shard 1/2` fill
+it with two). The setting is
 kubenas.bench.curves.TASK / TRAINING / SEEDS (see benchmarks/data/README.md),
 kept beside the table in digits-curves.setting.json; a table is never resumed
 with another setting. `agree` prints Kendall's tau-b between the mean of the
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="{}", help="pilot: CurveTask fields as JSON, over the default")
     parser.add_argument("--training", default="{}", help="pilot: CurveConfig fields as JSON, over the default")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (a GPU runs the table in minutes)")
+    parser.add_argument("--shard", default="0/1", help="generate: K/N, the K-th of N processes filling the table "
+                        "side by side (default 0/1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -72,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "generate":
         task, cfg, seeds = curves.TASK, curves.TRAINING, list(curves.SEEDS)
         log(f"setting {json.dumps(curves.settings(task, cfg, seeds))}")
-        curves.generate(args.table, args.cells, task, cfg, seeds, log=log, device=args.device)
+        k, _, n = args.shard.partition("/")
+        if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+            parser.error(f"--shard {args.shard!r}: expected K/N with 0 <= K < N, e.g. 1/2")
+        curves.generate(args.table, args.cells, task, cfg, seeds, log=log, device=args.device,
+                        shard=(int(k), int(n)))
         print(json.dumps(agree(args.table), indent=1))
         return 0
     task = replace(curves.TASK, **json.loads(args.task))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import fcntl
 import itertools
 import json
 import math
@@ -368,10 +369,13 @@ def done_cells(path: Path) -> set[str]:
 
 
 def generate(path: Path, cells: int, task: CurveTask, cfg: CurveConfig, seeds: list[int], order_seed: int = 0,
-             log: Callable[[str], None] = print, device: str = "cpu", every_epoch: bool = True) -> int:
+             log: Callable[[str], None] = print, device: str = "cpu", every_epoch: bool = True,
+             shard: tuple[int, int] = (0, 1)) -> int:
     """Append rows for the first `cells` cells of the seeded order that `path` lacks; resumable.
     The setting is kept beside the table (`setting_path`), and a table is only ever resumed
-    with the setting that began it: rows of two settings never share a file."""
+    with the setting that began it: rows of two settings never share a file. Shard (k, n)
+    takes every n-th missing cell from the k-th: n processes fill one table side by side,
+    each row appended under an exclusive lock."""
     setting = {**settings(task, cfg, seeds), "order_seed": order_seed, "every_epoch": every_epoch}
     kept = setting_path(path)
     if kept.is_file() and json.loads(kept.read_text()) != setting:
@@ -386,6 +390,7 @@ def generate(path: Path, cells: int, task: CurveTask, cfg: CurveConfig, seeds: l
                              "resume it with the setting that wrote it, or write a new file")
     done = done_cells(path)
     todo = [(i, c) for i, c in enumerate(all_cells(order_seed)[:cells]) if c not in done]
+    todo = todo[shard[0]::shard[1]]
     new_file = not path.is_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     if not kept.is_file():
@@ -398,8 +403,12 @@ def generate(path: Path, cells: int, task: CurveTask, cfg: CurveConfig, seeds: l
             f.flush()
         for n, (index, cell) in enumerate(todo, start=1):
             curve = train_curves(cell, data, cfg, seeds, every_epoch=every_epoch)
-            out.writerow(row(index, curve))
-            f.flush()
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                out.writerow(row(index, curve))
+                f.flush()
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
             log(f"{len(done) + n}/{cells} {cell} val {100 * np.mean([v[-1] for v in curve.val]):.2f} "
                 f"{curve.seconds:.1f}s")
     return len(todo)

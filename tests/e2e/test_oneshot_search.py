@@ -7,10 +7,10 @@ Job controller), rank 0 is reached as <job>-0.<service> (the pod's host name und
 Service's subdomain; the node agent's hosts files stand in for the cluster DNS), and they
 share the supernet checkpoints on the search's artifacts volume.
 
-In epoch 2, rank 1's process is SIGKILLed. Its pod fails; rank 0's collective times out
+After the first epoch's checkpoint, rank 1's process is SIGKILLed. Its pod fails; rank 0's collective times out
 (KUBENAS_ONESHOT_TIMEOUT=20 in the manifest) and it exits too; the Job replaces both pods
 (backoffLimit = workers x oneShot.maxRestarts), the new group rendezvouses again and resumes
-from the epoch-1 checkpoint. The derived cells are then trained stand-alone by the trainers,
+from the last checkpoint. The derived cells are then trained stand-alone by the trainers,
 and the search succeeds with their stand-alone reward.
 """
 
@@ -84,7 +84,8 @@ def test_an_enas_search_survives_a_worker_killed_mid_epoch(installed: MiniCluste
         mini.wait_for("epoch 1 of the supernet", lambda: (phase(), epochs_done(mini) >= 1)[1], timeout=300)
         done_at_kill = epochs_done(mini)
         assert done_at_kill < SUPERNET_EPOCHS, "the supernet finished before the kill: raise its epochs"
-        assert "Supernet" in phases, phases
+        # No phase is asserted yet: the phase comes from the controller, which may reach Redis only
+        # after the workers' first epoch; the Job's restart keeps the search in Supernet long enough.
         victim = next(p for p in pods
                       if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1")
         pid = container_pid(mini.get("pod", victim["metadata"]["name"]))
