@@ -15,8 +15,8 @@ from kubenas.spec import ArchitectureSearchSpec
 
 # (input channels, classes) of each dataset; an npz file's are unknown until it is read,
 # so the smallest possible (1, 2) keeps the bound below every real network.
-DATASET_SHAPES = {"digits": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100), "npz": (1, 2),
-                  "imagefolder": (3, 2)}
+DATASET_SHAPES = {"digits": (1, 10), "distorted-digits": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100),
+                  "npz": (1, 2), "imagefolder": (3, 2)}
 
 
 def smallest_network_parameters(spec: ArchitectureSearchSpec) -> int:

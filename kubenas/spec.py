@@ -334,14 +334,17 @@ class BudgetSpec(SpecModel):
 # an input smaller than 2 ** reductions pixels would shrink to nothing.
 SKELETON_REDUCTIONS = {"cifar": 2, "imagenet": 5}
 # Height and width of the fixed datasets' images (imagefolder's is training.dataset.resolution).
-DATASET_RESOLUTIONS = {"digits": 8, "cifar10": 32, "cifar100": 32}
+DATASET_RESOLUTIONS = {"digits": 8, "distorted-digits": 8, "cifar10": 32, "cifar100": 32}
 # Their images before the split (torch-free copy of kubenas/training/datasets.py's; a test compares).
 DATASET_IMAGES = {"digits": 1797, "cifar10": 50_000, "cifar100": 50_000}
 
 
 class DatasetSpec(SpecModel):
-    name: Literal["digits", "cifar10", "cifar100", "npz", "imagefolder"] = Field(
-        default="digits", description="digits is bundled with scikit-learn (offline); npz is your own x/y arrays; "
+    name: Literal["digits", "distorted-digits", "cifar10", "cifar100", "npz", "imagefolder"] = Field(
+        default="digits", description="digits is bundled with scikit-learn (offline); distorted-digits is the same "
+                                      "digits, each rotated, scaled, shifted and noised, with a fixed split (700 "
+                                      "training digits, 550x4 validation, 547x4 test images: the task of "
+                                      "benchmarks/data/digits-curves.csv); npz is your own x/y arrays; "
                                       "imagefolder is your own images, one subdirectory per class.")
     root: Optional[str] = Field(
         default=None, max_length=4096,
@@ -352,13 +355,16 @@ class DatasetSpec(SpecModel):
     download: bool = Field(default=False, description="Download when missing (needs network access from the pods).")
     validation_fraction: float = Field(
         default=0.2, gt=0, le=0.5, description="The share of the images kept for validation (at most half); "
-                                               "imagefolder: only for a single tree (no train/ directory).")
+                                               "imagefolder: only for a single tree (no train/ directory); "
+                                               "distorted-digits: leave it out (its split is fixed).")
     test_fraction: float = Field(
         default=0.0, ge=0, le=0.5,
         description="imagefolder, single tree: the share of the images held out as the test split (the same "
                     "images whatever the seed; never trained or validated on). With train/ and validation/ "
                     "directories the test split is test/.")
-    train_subset: Optional[int] = Field(default=None, ge=10, description="Train on only this many images (a cheaper proxy).")
+    train_subset: Optional[int] = Field(
+        default=None, ge=10, description="Train on only this many images (a cheaper proxy); distorted-digits: the "
+                                         "first this many of its 700 training digits (validation stays whole).")
     resolution: Optional[int] = Field(
         default=None, ge=4, le=4096,
         description="imagefolder: images are resized (shorter side) and centre-cropped to this many pixels "
@@ -384,6 +390,12 @@ class DatasetSpec(SpecModel):
                 if value is not None:
                     raise ValueError(f"training.dataset.{name}: only imagefolder accepts it ({self.name} "
                                      "has its own images and split)")
+        # The default is what the API server fills in: only another value is refused.
+        if self.name == "distorted-digits" and \
+                self.validation_fraction != type(self).model_fields["validation_fraction"].default:
+            raise ValueError(f"training.dataset.validationFraction: {self.validation_fraction} is not accepted with "
+                             "distorted-digits, whose split is fixed (700 training, 550x4 validation, 547x4 test "
+                             "images); leave it out (trainSubset trains on fewer digits)")
         if (self.mean is None) != (self.std is None):
             raise ValueError("training.dataset.mean and training.dataset.std: give both or neither")
         if self.std is not None and (len(self.std) != len(self.mean or []) or min(self.std) <= 0):

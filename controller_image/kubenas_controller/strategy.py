@@ -30,7 +30,7 @@ COST_KEYS = {"parameters": "params", "multiplyAdds": "multiply_adds", "latencySe
 
 def dataset_shape(dataset: DatasetSpec) -> tuple[tuple[int, int, int], int]:
     """(input shape, classes) of a dataset, without loading it (npz: read the array headers)."""
-    if dataset.name == "digits":
+    if dataset.name in ("digits", "distorted-digits"):
         return (1, 8, 8), 10
     if dataset.name in ("cifar10", "cifar100"):
         return (3, 32, 32), 10 if dataset.name == "cifar10" else 100

@@ -5,7 +5,8 @@ download): the images are split by image into train, validation and test, and
 every image is distorted once, deterministically (rotation, scaling, shift
 and pixel noise), so that the task is hard enough for the cell to matter. Validation and test hold several distorted copies of each of
 their images, which averages out which few images a network happens to get
-right. Each cell trains with several seeds (each seed its own initialisation,
+right. The task itself is kubenas.training.distorted_digits (also the
+trainer's dataset `distorted-digits`, so searches see the same images). Each cell trains with several seeds (each seed its own initialisation,
 data order and augmentation) and every epoch's validation and test accuracy
 is recorded, so a search that trains a cell for e epochs can read epoch e.
 
@@ -38,23 +39,7 @@ from torch.fx.experimental.optimization import fuse as fuse_conv_bn
 
 from kubenas.nn import ModelConfig, build_model, count_parameters, multiply_adds
 from kubenas.spaces.nasbench201 import NB201_OPERATIONS, format_cellstr
-
-
-@dataclass(frozen=True)
-class CurveTask:
-    """The images: how many of each split, and how they are distorted."""
-
-    train_images: int = 500
-    val_images: int = 600  # distinct digits; each appears `eval_copies` times
-    test_images: int = 697
-    eval_copies: int = 3
-    train_copies: int = 1  # distortions of each training digit (more steps per epoch)
-    size: int = 8  # side of the (resampled) image
-    rotation: float = 0.0  # degrees, uniform in +-rotation
-    scale: float = 0.0  # uniform in 1 +- scale
-    shift: float = 0.0  # pixels, uniform in +-shift
-    noise: float = 0.0  # Gaussian pixel noise (images in [0, 1])
-    seed: int = 0
+from kubenas.training.distorted_digits import TASK, CurveTask, TaskData, make_task  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
@@ -70,63 +55,6 @@ class CurveConfig:
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     augment: bool = True
-
-
-@dataclass
-class TaskData:
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
-
-    def to(self, device: str | torch.device) -> "TaskData":
-        return TaskData(*(t.to(device) for t in (self.train_x, self.train_y, self.val_x, self.val_y,
-                                                  self.test_x, self.test_y)))
-
-
-def _distort(images: torch.Tensor, task: CurveTask, gen: torch.Generator) -> torch.Tensor:
-    """One random affine distortion and noise per image: (n, 1, 8, 8) -> (n, 1, size, size)."""
-    n = len(images)
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(task.rotation)
-    scale = 1 + (torch.rand(n, generator=gen) * 2 - 1) * task.scale
-    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * task.shift * 2 / task.size
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, [n, 1, task.size, task.size], align_corners=False)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    if task.noise:
-        out = out + task.noise * torch.randn(out.shape, generator=gen)
-    return out
-
-
-def make_task(task: CurveTask) -> TaskData:
-    """The three splits, distorted and normalised with the training statistics."""
-    from sklearn.datasets import load_digits  # bundled with scikit-learn: no network
-
-    digits = load_digits()
-    x = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
-    y = torch.from_numpy(digits.target.astype(np.int64))
-    needed = task.train_images + task.val_images + task.test_images
-    if needed > len(x):
-        raise ValueError(f"task: {needed} images asked for; digits has {len(x)}")
-    gen = torch.Generator().manual_seed(task.seed)
-    order = torch.randperm(len(x), generator=gen)
-    a, b = task.train_images, task.train_images + task.val_images
-    parts = {"train": order[:a], "val": order[a:b], "test": order[b:needed]}
-    out = {}
-    for name, idx in parts.items():
-        copies = task.train_copies if name == "train" else task.eval_copies
-        xs = x[idx].repeat(copies, 1, 1, 1)
-        out[name] = (_distort(xs, task, gen), y[idx].repeat(copies))
-    mean, std = out["train"][0].mean(), out["train"][0].std().clamp_min(1e-6)
-    norm = {k: ((v[0] - mean) / std, v[1]) for k, v in out.items()}
-    return TaskData(*norm["train"], *norm["val"], *norm["test"])
 
 
 def _shift_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -415,8 +343,7 @@ def generate(path: Path, cells: int, task: CurveTask, cfg: CurveConfig, seeds: l
 
 
 # The setting of benchmarks/data/digits-curves.csv (measured in its README).
-TASK = CurveTask(train_images=700, val_images=550, test_images=547, eval_copies=4,
-                 rotation=15.0, scale=0.1, shift=0.5, noise=0.1, seed=0)
+# TASK: the task's own module (it is also the trainer's dataset distorted-digits).
 TRAINING = CurveConfig(channels=4, cells_per_stage=1, epochs=12, batch_size=64, learning_rate=0.05)
 SEEDS = tuple(range(32))  # 16 per half: seed-to-seed tau 0.84 predicted from 55 cells with 16 seeds
 

@@ -16,6 +16,13 @@ in a real search), and the budget is counted in epochs, so multi-fidelity
 searches are compared with full-fidelity ones at equal total epochs. Its
 score is the `test_acc` of the best-`val_acc` architecture among those
 trained for all E epochs (among the longest trained when none was).
+
+A table of part of the space (a learning-curve table of 1,000 of NAS-Bench-201's
+15,625 cells) leaves most of a mutation's neighbours out. `missing` says what a
+proposed cell the table lacks gets: "fail" (a failed trial at no cost; the search is
+confined to the table's cells, which starves evolution and model-based proposals), or
+"nearest" (the curve of the table's cell with the fewest differing edges: a
+nearest-neighbour surrogate of the whole space, so every strategy searches all of it).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from kubenas.strategies import make_strategy, strategy_parameters
 from kubenas.strategies.base import STOP, Result, SearchExhausted, Strategy, Trial, derive_seed
 from kubenas.strategies.dedup import Deduplicated
 
+MISSING = ("fail", "nearest")  # what a proposed cell the table lacks gets (see the module's docstring)
 # Early stopping a label may add with `+` (random+asha): the controller's
 # schedulers, built as the controller builds them from training.earlyStopping.
 SCHEDULERS = ("asha", "hyperband", "median")
@@ -63,6 +71,7 @@ class RunResult:
     hypervolume: Optional[float] = None  # several objectives: normalised hypervolume of what the search saw
     hypervolume_wide: Optional[float] = None  # the same, reference point at the table's worst values
     front: Optional[int] = None  # several objectives: the size of the Pareto front it found
+    substituted: int = 0  # missing="nearest": trials answered by the nearest cell the table has
 
 
 @dataclass
@@ -108,8 +117,16 @@ def cached_table(path: str) -> Table:
     return _TABLES[path]
 
 
+def answer(table: Table, genotype: dict, missing: str) -> tuple[Optional[TableRow], bool]:
+    """The row that answers a proposed genotype, and whether it is another cell's (nearest)."""
+    entry = table.lookup(genotype)
+    if entry is None and missing == "nearest":
+        return table.nearest(genotype), True
+    return entry, False
+
+
 def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int,
-             objectives: Optional[Objectives] = None) -> RunResult:
+             objectives: Optional[Objectives] = None, missing: str = "fail") -> RunResult:
     """One search: `budget` trained children on `workers` asynchronous workers. With several
     `objectives` the strategy learns from the table's costs too, and the run is scored by the
     normalised hypervolume of every result it saw (`table_front`)."""
@@ -121,7 +138,7 @@ def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int,
         table_front(table, objectives)  # a table without the metrics fails before the search
     clock = random.Random(derive_seed(seed, "worker-times"))
     running: list[tuple[float, int, Any]] = []  # (finish time, issue order, trial)
-    issued = misses = 0
+    issued = misses = substituted = 0
     exhausted = False  # every architecture of a small table evaluated: the run ends early
     best: Optional[TableRow] = None
 
@@ -140,7 +157,8 @@ def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int,
         launch(0.0)
     while running:
         now, _, trial = heapq.heappop(running)
-        entry = table.lookup(trial.genotype)
+        entry, stand_in = answer(table, trial.genotype, missing)
+        substituted += stand_in
         if entry is None:
             misses += 1
             result = Result(reward=None, status="failed", error="architecture not in the table")
@@ -158,6 +176,7 @@ def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int,
         label=spec.label, seed=seed, budget=budget, queries=issued,
         best_val=best.val_acc if best else float("nan"), best_test=best.test_acc if best else float("nan"),
         found_best=best is not None and best.cellstr == top.cellstr, hits=strategy.hits, misses=misses,
+        substituted=substituted,
         seconds=time.perf_counter() - start,
         **(_pareto_scores(table, objectives, seen) if objectives is not None else {}),
     )
@@ -248,7 +267,7 @@ class _Running:
     stopped: bool = False  # by the scheduler before the last epoch, or by the end of the budget
 
 
-def replay(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> RunResult:
+def replay(table: Table, spec: Spec, seed: int, budget: int, workers: int, missing: str = "fail") -> RunResult:
     """One search on a learning-curve table with `budget` * E epochs to spend on `workers`
     asynchronous workers; each epoch takes a worker an exponentially distributed time
     (mean 1/E, so a full training takes 1 on average, as in `simulate`)."""
@@ -260,7 +279,7 @@ def replay(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> Ru
     strategy = build_search(table, spec, seed)
     clock = random.Random(derive_seed(seed, "worker-times"))
     running: list[tuple[float, int, _Running]] = []  # (end of its next epoch, issue order, trial)
-    spent = issued = misses = full = 0
+    spent = issued = misses = full = substituted = 0
     order = itertools.count()  # ties in time go in issue order
     exhausted = False
     finished: list[tuple[int, TableRow]] = []  # (epochs trained, entry) of every told success
@@ -290,7 +309,7 @@ def replay(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> Ru
     def launch(now: float) -> None:
         """Start the next trial. A cell the table lacks fails at once, costing no epochs, and the
         strategy is asked again: on a table of part of the space the search is confined to its cells."""
-        nonlocal issued, misses, exhausted
+        nonlocal issued, misses, exhausted, substituted
         for _ in range(MAX_MISSES_IN_A_ROW):
             try:
                 trials = strategy.ask(1)
@@ -299,7 +318,8 @@ def replay(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> Ru
             if not trials:
                 return
             trial = trials[0]
-            entry = table.lookup(trial.genotype)
+            entry, stand_in = answer(table, trial.genotype, missing)
+            substituted += stand_in
             if entry is None:
                 misses += 1
                 strategy.tell(trial.id, Result(reward=None, status="failed", error="architecture not in the table"))
@@ -336,6 +356,7 @@ def replay(table: Table, spec: Spec, seed: int, budget: int, workers: int) -> Ru
         best_val=best.val_curve[longest - 1] if best else float("nan"),
         best_test=best.test_curve[longest - 1] if best else float("nan"),
         found_best=best is not None and best.cellstr == top.cellstr, hits=_hits(strategy), misses=misses,
+        substituted=substituted,
         seconds=time.perf_counter() - start, epochs=spent, full=full,
     )
 
@@ -347,23 +368,29 @@ def _hits(strategy: Strategy) -> int:
 
 
 def _run_task(task: tuple) -> dict:
-    path, label, params, seed, budget, workers, objectives = task
+    path, label, params, seed, budget, workers, objectives, missing = task
     table = cached_table(path)
     if objectives is not None:
         if table.epochs is not None:
             raise KubenasError(f"{path}: several objectives are benchmarked on tables without learning curves")
-        return asdict(simulate(table, Spec(label, params), seed, budget, workers, Objectives.parse(objectives)))
+        return asdict(simulate(table, Spec(label, params), seed, budget, workers, Objectives.parse(objectives),
+                               missing=missing))
     run = replay if table.epochs is not None else simulate
-    return asdict(run(table, Spec(label, params), seed, budget, workers))
+    return asdict(run(table, Spec(label, params), seed, budget, workers, missing=missing))
 
 
 def run_benchmark(path: str, specs: list[Spec], seeds: Iterable[int], budget: int, workers: int,
-                  processes: int = 2, objectives: Optional[Objectives] = None) -> list[RunResult]:
+                  processes: int = 2, objectives: Optional[Objectives] = None,
+                  missing: str = "fail") -> list[RunResult]:
     """Every (strategy, seed) run; results in a fixed order whatever the process scheduling."""
-    cached_table(path)  # fail early, in this process, on a malformed table
+    if missing not in MISSING:
+        raise KubenasError(f"missing: {missing!r} is not accepted; choose one of {', '.join(MISSING)}")
+    table = cached_table(path)  # fail early, in this process, on a malformed table
+    if missing == "nearest" and any(row.cellstr.startswith("{") for row in table.entries.values()):
+        raise KubenasError(f"{path}: --missing nearest needs a table of NAS-Bench-201 cell strings")
     # Objectives travel as their command-line text (plain data) to the worker processes.
     text = None if objectives is None else ",".join(f"{n}:{g}" for n, g in objectives.metrics)
-    tasks = [(path, s.label, s.params, seed, budget, workers, text) for s in specs for seed in seeds]
+    tasks = [(path, s.label, s.params, seed, budget, workers, text, missing) for s in specs for seed in seeds]
     if processes <= 1:
         rows = [_run_task(t) for t in tasks]
     else:
@@ -398,6 +425,7 @@ def summarize(results: list[RunResult], labels: list[str]) -> list[dict[str, Any
             "found_best": sum(r.found_best for r in runs) / len(runs),
             "queries": statistics.fmean(r.queries for r in runs),
             "hits": statistics.fmean(r.hits for r in runs), "misses": statistics.fmean(r.misses for r in runs),
+            "substituted": statistics.fmean(r.substituted for r in runs),
             "seconds": statistics.fmean(r.seconds for r in runs),
             "epochs": statistics.fmean(r.epochs for r in runs) if runs[0].epochs is not None else None,
             "full": statistics.fmean(r.full for r in runs) if runs[0].full is not None else None,
@@ -424,17 +452,20 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                          f"| {r['val_mean']:.2f}±{r['val_sd']:.2f} | {r['hits']:.1f} | {r['seconds']:.2f} |")
         return "\n".join(lines)
     curves = any(r.get("epochs") is not None for r in rows)
+    stand_ins = any(r.get("substituted") for r in rows)  # missing="nearest" answered some trials
+    extra = " stand-ins/run |" if stand_ins else ""
     if curves:  # a replay of learning curves: what the epochs bought
         lines = ["| name | mean±sd | val_acc mean±sd | found best-val cell | trials/run | full trainings/run "
-                 "| epochs/run | seconds/run |", "|---|---|---|---|---|---|---|---|"]
+                 f"| epochs/run |{extra} seconds/run |", "|---" * (8 + stand_ins) + "|"]
     else:
-        lines = ["| name | mean±sd | val_acc mean±sd | found best-val cell | dedup hits/run | seconds/run |",
-                 "|---|---|---|---|---|---|"]
+        lines = [f"| name | mean±sd | val_acc mean±sd | found best-val cell | dedup hits/run |{extra} seconds/run |",
+                 "|---" * (6 + stand_ins) + "|"]
     for r in rows:
         head = (f"| {r['label']} | {r['test_mean']:.2f}±{r['test_sd']:.2f} | {r['val_mean']:.2f}±{r['val_sd']:.2f} "
                 f"| {100 * r['found_best']:.0f}% |")
+        tail = (f" {r['substituted']:.1f} |" if stand_ins else "") + f" {r['seconds']:.2f} |"
         if curves:
-            lines.append(f"{head} {r['queries']:.1f} | {r['full']:.1f} | {r['epochs']:.0f} | {r['seconds']:.2f} |")
+            lines.append(f"{head} {r['queries']:.1f} | {r['full']:.1f} | {r['epochs']:.0f} |{tail}")
         else:
-            lines.append(f"{head} {r['hits']:.1f} | {r['seconds']:.2f} |")
+            lines.append(f"{head} {r['hits']:.1f} |{tail}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from kubenas.errors import DatasetError, InvalidGenotype
+from kubenas.errors import DatasetError, InvalidGenotype, KubenasError
 from kubenas.spaces import Genotype, SearchSpace, build_space, space_of
 from kubenas.spaces.nasbench201 import NB201_OPERATIONS, parse_cellstr
 
@@ -46,12 +46,24 @@ class Table:
         self.space = space
         self.entries = entries  # space hash -> entry
         self.epochs = epochs  # E for a learning-curve table (every entry has E epochs); None otherwise
+        self._edges: Optional[list[tuple[tuple[str, ...], TableRow]]] = None
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def lookup(self, genotype: Genotype) -> Optional[TableRow]:
         return self.entries.get(self.space.hash(genotype))
+
+    def nearest(self, genotype: Genotype) -> TableRow:
+        """The row whose NAS-Bench-201 cell differs from the genotype's in the fewest edges
+        (ties: the earliest row). On a table of part of the space this stands in for a cell
+        it lacks, as the nearest-neighbour surrogate of the whole space."""
+        if self._edges is None:
+            if any(row.cellstr.startswith("{") for row in self.entries.values()):
+                raise KubenasError(f"{self.path}: the nearest cell is defined for NAS-Bench-201 cell strings only")
+            self._edges = [(tuple(parse_cellstr(row.cellstr)), row) for row in self.entries.values()]
+        ops = tuple(parse_cellstr(genotype["cell"]))
+        return min(self._edges, key=lambda edges_row: sum(a != b for a, b in zip(edges_row[0], ops)))[1]
 
     @property
     def best_val(self) -> TableRow:

@@ -66,6 +66,11 @@ def add_arguments(command_name: str, parser: argparse.ArgumentParser) -> None:
                              "or multiply_adds column): each search is scored by the normalised hypervolume of the "
                              "results it saw (reference point: the nadir of the table's true Pareto front), as a "
                              "share of the true front's")
+    parser.add_argument("--missing", choices=("fail", "nearest"), default="fail",
+                        help="strategies: what a proposed NAS-Bench-201 cell the table lacks gets: fail (a failed "
+                             "trial at no cost: the search is confined to the table's cells) or nearest (the row "
+                             "of the table's cell with the fewest differing edges: a nearest-neighbour surrogate "
+                             "of the whole space, for tables of part of it; default fail)")
     # oneshot (kubenas/bench/oneshot.py): supernets' ranking against the learning-curve table
     parser.add_argument("--algorithms", default="enas,darts,spos", help="oneshot: comma-separated (default all three)")
     parser.add_argument("--epochs", type=int, default=None, help="oneshot: supernet epochs (default: the table's)")
@@ -195,7 +200,8 @@ def run(command_name: str, args: argparse.Namespace) -> int:
     for budget in budgets:
         start = time.perf_counter()
         try:
-            results = run_benchmark(args.table, specs, seeds, budget, args.workers, args.processes, objectives)
+            results = run_benchmark(args.table, specs, seeds, budget, args.workers, args.processes, objectives,
+                                    missing=args.missing)
         except KubenasError as exc:
             print(f"kubenas bench: {exc}", file=sys.stderr)
             return 1

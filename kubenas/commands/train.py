@@ -11,7 +11,7 @@ from kubenas.errors import KubenasError
 
 def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("genotype", help="genotype JSON file, or - for stdin")
-    parser.add_argument("--dataset", default="digits", help="digits (offline), cifar10, cifar100 or npz")
+    parser.add_argument("--dataset", default="digits", help="digits or distorted-digits (offline), cifar10, cifar100 or npz")
     parser.add_argument("--root", default=None, help="dataset directory (cifar) or .npz file")
     parser.add_argument("--download", action="store_true", help="download the dataset if missing")
     parser.add_argument("--epochs", type=int, default=5)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 # Neither side of a split may be smaller: a reward measured on fewer images is noise.
 MIN_SPLIT_IMAGES = 5
+# The dataset of kubenas/training/distorted_digits.py (loaded there: it has its own fixed split).
+DISTORTED_DIGITS = "distorted-digits"
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ CIFAR_TRAIN_FILES = {
     "cifar100": ("cifar-100-python", ("train",)),
 }
 # Training images of the fixed datasets (the training part of CIFAR; digits has no test part).
+# distorted-digits is not among them: its split is its own, not validationFraction's.
 DATASET_IMAGES = {"digits": 1797, "cifar10": 50_000, "cifar100": 50_000}
 
 
@@ -223,10 +226,13 @@ def preflight_dataset(spec: "DatasetSpec", skeleton: str = "cifar") -> None:
         images = DATASET_IMAGES[spec.name]
     elif spec.name in DATASET_IMAGES:
         images = DATASET_IMAGES[spec.name]
+    elif spec.name == DISTORTED_DIGITS:
+        images = None  # a fixed split (kubenas/training/distorted_digits.py), generated in memory
     else:
         raise DatasetError(f"training.dataset.name: {spec.name!r} is not accepted; choose one of "
-                           f"{sorted([*DATASETS, 'imagefolder'])}")
-    split_sizes(spec.name, images, spec.validation_fraction, spec.train_subset)
+                           f"{sorted([*DATASETS, 'imagefolder', DISTORTED_DIGITS])}")
+    if images is not None:
+        split_sizes(spec.name, images, spec.validation_fraction, spec.train_subset)
     if spec.image_size is not None:
         _check_resolution(spec.image_size, skeleton, "training.skeleton")
 
@@ -324,11 +330,16 @@ def normalization(spec: "DatasetSpec", seed: int = 0) -> tuple[tuple[float, ...]
 
 def load_test_split(spec: "DatasetSpec") -> "Any":
     """The held-out test split of an imagefolder dataset (root/test, or testFraction of a single
-    tree): a TestSplit whose `dataset` yields un-normalised [0, 1] RGB images and labels, and
-    `tensors()` all of them at once. DatasetError for a dataset without one."""
+    tree) or of distorted-digits (its own): an object whose `dataset` yields un-normalised images
+    (imagefolder: [0, 1] RGB) and labels, and `tensors()` all of them at once. DatasetError for a
+    dataset without one."""
+    if spec.name == DISTORTED_DIGITS:
+        from kubenas.training import distorted_digits
+
+        return distorted_digits.load_test()
     if spec.name != "imagefolder":
         raise DatasetError(f"training.dataset.name: {spec.name} has no held-out test split here; use imagefolder "
-                           "with a test/ directory or training.dataset.testFraction")
+                           f"with a test/ directory or training.dataset.testFraction, or {DISTORTED_DIGITS}")
     from kubenas.training import imagefolder
 
     return imagefolder.load_test(spec)
@@ -347,8 +358,13 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
         spec = DatasetSpec(name="imagefolder", root=str(root) if root else None,
                            validation_fraction=validation_fraction, train_subset=train_subset, mean=mean, std=std)
         return imagefolder.load(spec, seed, augment)
+    if name == DISTORTED_DIGITS:  # its split is fixed: validation_fraction and seed take no part
+        from kubenas.training import distorted_digits
+
+        return distorted_digits.load(train_subset, mean, std, augment)
     if name not in DATASETS:
-        raise DatasetError(f"training.dataset.name: {name!r} is not accepted; choose one of {sorted(DATASETS)}")
+        raise DatasetError(f"training.dataset.name: {name!r} is not accepted; choose one of "
+                           f"{sorted([*DATASETS, DISTORTED_DIGITS])}")
     check_split_settings(validation_fraction, train_subset)  # before any loading
     images, labels, mirror_ok = DATASETS[name](Path(root) if root else None, download)
     x, y = _to_tensor(np.asarray(images), np.asarray(labels), name)

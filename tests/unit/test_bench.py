@@ -316,6 +316,30 @@ def test_replay_confines_a_search_to_the_cells_of_a_partial_table(curve_table):
     assert run.misses > 0 and run.epochs == 15 * CURVE_EPOCHS
 
 
+def test_the_nearest_cell_stands_in_for_one_the_table_lacks(curve_table):
+    from kubenas.bench import replay
+
+    table = load_table(curve_table)  # the last edge is always nor_conv_3x3
+    ops = ["skip_connect", "nor_conv_1x1", "skip_connect", "nor_conv_3x3", "skip_connect", "nor_conv_1x1"]
+    lacking = {"space": "nasbench201", "cell": format_cellstr(ops), "hparams": {}}
+    assert table.lookup(lacking) is None
+    assert table.nearest(lacking).cellstr == format_cellstr(ops[:5] + ["nor_conv_3x3"])  # one edge away
+    kept = {"space": "nasbench201", "cell": format_cellstr(ops[:5] + ["nor_conv_3x3"]), "hparams": {}}
+    assert table.nearest(kept) is table.lookup(kept)
+
+    spec = Spec("evolution", {"population": 6, "sample": 2})
+    confined = replay(table, spec, seed=1, budget=15, workers=2)
+    run = replay(table, spec, seed=1, budget=15, workers=2, missing="nearest")
+    assert run.misses == 0 and run.substituted > 0 and confined.substituted == 0
+    assert run.epochs == 15 * CURVE_EPOCHS
+
+
+def test_the_cli_refuses_an_unknown_missing_policy(curve_table, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "strategies", "--table", curve_table, "--missing", "closest"])
+    assert "--missing" in capsys.readouterr().err
+
+
 def test_replay_is_reproducible(curve_table):
     from kubenas.bench import replay
 
