@@ -16,11 +16,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
+
+from kubenas.files import write_atomic
 
 log = logging.getLogger("kubenas.results")
 
@@ -88,9 +90,7 @@ def best_trial(trials: list[dict]) -> Optional[dict]:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode())
 
 
 def write_results(output: str | Path, checkpoint_dir: str | Path, summary: Optional[dict] = None) -> dict[str, Any]:
@@ -105,15 +105,14 @@ def write_results(output: str | Path, checkpoint_dir: str | Path, summary: Optio
     files["trials_jsonl"] = str(path)
 
     path = output / "trials.csv"
-    tmp = path.with_name(".trials.csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for t in trials:
-            row = dict(t)
-            row["genotype"] = json.dumps(t.get("genotype"), separators=(",", ":"))
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
-    os.replace(tmp, path)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for t in trials:
+        row = dict(t)
+        row["genotype"] = json.dumps(t.get("genotype"), separators=(",", ":"))
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+    _atomic_text(path, table.getvalue())
     files["trials_csv"] = str(path)
 
     if summary is not None:
