@@ -34,7 +34,8 @@ FLAG_FIELDS = {"--epochs": "epochs", "--batch-size": "batch_size", "--lr": "lear
 def check_flags(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
-    from kubenas.spec import TrainingSpec
+    from kubenas.spec import DatasetSpec, TrainingSpec
+    from kubenas.training.datasets import DISTORTED_DIGITS
 
     for flag, field in FLAG_FIELDS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
@@ -42,6 +43,13 @@ def check_flags(args: argparse.Namespace) -> None:
             TrainingSpec.model_validate({field: value})
         except ValidationError as exc:
             raise KubenasError(f"{flag}: {value} is not accepted; {exc.errors()[0]['msg'].lower()}") from None
+    # A fixed split (distorted-digits) refuses another validation fraction: the spec's rule, in the flag's name.
+    if args.dataset == DISTORTED_DIGITS:
+        try:
+            DatasetSpec.model_validate({"name": args.dataset, "validation_fraction": args.validation_fraction})
+        except ValidationError as exc:
+            message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise KubenasError(message.replace("training.dataset.validationFraction", "--validation-fraction")) from None
 
 
 def run(command: str, args: argparse.Namespace) -> int:

@@ -199,6 +199,8 @@ OTHER_CASES = [
     ("describe-input-zero", KUBENAS + ["describe", "{G:good}", "--input", "0x32x32"], "--input"),
     ("train-epochs-inf", KUBENAS + ["train", "{G:epochs-inf}"], "genotype.hparams.epochs"),
     ("train-batch-zero-flag", KUBENAS + ["train", "{G:good}", "--batch-size", "0"], "--batch-size"),
+    ("train-fixed-split-fraction", KUBENAS + ["train", "{G:good}", "--dataset", "distorted-digits",
+                                               "--validation-fraction", "0.3"], "--validation-fraction"),
     ("export-space-list", KUBENAS + ["export", "{G:space-list}", "--output", "{OUT}"], "genotype.space"),
     ("export-output-under-file", KUBENAS + ["export", "{G:good}", "--output", "/etc/passwd/x"], "--output"),
     ("ctl-spec-missing", CONTROLLER + ["--spec", "/nonexistent/h9.yaml", "--redis-url", UNREACHABLE],
