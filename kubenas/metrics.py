@@ -15,6 +15,9 @@ from typing import Callable, Optional
 from prometheus_client import REGISTRY, CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 SEARCH = "search"
+# A controller's or trainer's /metrics port unless KUBENAS_METRICS_PORT says otherwise (the
+# operator declares it on their containers, and the chart's PodMonitor scrapes what is declared).
+DEFAULT_PORT = 8080
 
 # Fine below a second (dispatch, checkpoints), coarse above (training).
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

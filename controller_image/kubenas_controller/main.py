@@ -80,7 +80,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "the password may come from KUBENAS_REDIS_PASSWORD")
     p.add_argument("--checkpoint-dir", default=env("KUBENAS_CHECKPOINT_DIR", "/var/lib/kubenas"),
                    help="a directory that outlives the process (a PVC in Kubernetes)")
-    p.add_argument("--metrics-port", type=PORT, default=env("KUBENAS_METRICS_PORT", "8080"),
+    p.add_argument("--metrics-port", type=PORT, default=env("KUBENAS_METRICS_PORT", str(metrics.DEFAULT_PORT)),
                    help="serve /metrics and /healthz here (0: any free port, -1: off)")
     p.add_argument("--lease-seconds", type=number(float, 0, 86400, "seconds > 0", exclusive_low=True), default=30.0,
                    help="a trial whose trainer stops heartbeating for this long goes to another trainer")

@@ -36,6 +36,7 @@ from typing import Any, Optional
 
 import yaml
 
+from kubenas.metrics import DEFAULT_PORT as METRICS_PORT
 from kubenas.spec import API_VERSION, KIND, ONE_SHOT_ALGORITHMS, ArchitectureSearch, PodSettings
 
 REDIS_PORT = 6379
@@ -466,8 +467,16 @@ def _pod_spec(
     return spec
 
 
+def metrics_ports(processes: int = 1) -> list[dict[str, Any]]:
+    """The /metrics ports a controller or trainer container serves: its process's, or with a
+    supervisor (trainer.trialsPerGPU) each child's, base + i. Declared so that the chart's
+    PodMonitor scrapes every one of them."""
+    return [{"name": "metrics" if i == 0 else f"metrics-{i}", "containerPort": METRICS_PORT + i, "protocol": "TCP"}
+            for i in range(processes)]
+
+
 def _container(name: str, image: str, pod: PodSettings, module: str, args: list[str],
-               env: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+               env: list[dict[str, Any]], mounts: list[dict[str, Any]], processes: int = 1) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": name,
         "image": image,
@@ -475,6 +484,7 @@ def _container(name: str, image: str, pod: PodSettings, module: str, args: list[
         "command": ["python", "-m", module],
         "args": args,
         "env": env,
+        "ports": metrics_ports(processes),
         "volumeMounts": mounts + [dict(m) for m in pod.volume_mounts],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
@@ -571,7 +581,8 @@ def build_trainer_deployment_spec(
         artifact_env.append({"name": "KUBENAS_CHECKPOINT_SECONDS",
                              "value": str(manifest.spec.artifacts.checkpoint_seconds)})
     container = _container("trainer", pod.image or images.trainer, pod, "kubenas_trainer",
-                           args, _env(ref, manifest, pod, "KUBENAS_TRAINER_ID", artifact_env), mounts + artifact_mounts)
+                           args, _env(ref, manifest, pod, "KUBENAS_TRAINER_ID", artifact_env), mounts + artifact_mounts,
+                           processes=pod.trials_per_gpu)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

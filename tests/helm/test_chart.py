@@ -253,8 +253,9 @@ def test_template_gpu_and_monitoring_values(tmp_path: Path) -> None:
     assert pm["spec"]["selector"]["matchExpressions"] == [
         {"key": "app.kubernetes.io/component", "operator": "In", "values": ["controller", "trainer"]}]
     assert pm["spec"]["namespaceSelector"] == {"any": True}  # a glob among watchNamespaces
-    relabel = pm["spec"]["podMetricsEndpoints"][0]["relabelings"][0]
-    assert relabel["targetLabel"] == "__address__" and relabel["replacement"] == "${1}:8080"
+    relabel = pm["spec"]["podMetricsEndpoints"][0]["relabelings"][0]  # every declared metrics port
+    assert relabel == {"sourceLabels": ["__meta_kubernetes_pod_container_port_name"],
+                       "regex": "metrics(-[0-9]+)?", "action": "keep"}
 
     # The alert rules are the rule file promtool checks, as they are.
     rule = one(docs, "PrometheusRule")

@@ -29,8 +29,12 @@ def test_the_trainer_pod_runs_k_trainer_processes():
     (container,) = b.build_trainer_deployment_spec(REF, m, IMAGES, 2)["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["--namespace", REF.namespace, "--name", REF.name, "--processes", "4"]
     assert container["resources"] == {"limits": {"nvidia.com/gpu": "1"}}  # still one GPU: they share it
+    # Each process's /metrics port is declared, so that the chart's PodMonitor scrapes all four.
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("metrics", 8080), ("metrics-1", 8081), ("metrics-2", 8082), ("metrics-3", 8083)]
     (plain,) = b.build_trainer_deployment_spec(REF, manifest(), IMAGES, 2)["spec"]["template"]["spec"]["containers"]
     assert "--processes" not in plain["args"]
+    assert [p["name"] for p in plain["ports"]] == ["metrics"]
 
 
 @pytest.mark.parametrize("spec, field", [

@@ -51,7 +51,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads, 1 or more (default: torch's choice)")
     p.add_argument("--lease-seconds", type=float, default=30.0,
                    help="must match the controller's: a trial not heartbeaten for this long is taken over")
-    p.add_argument("--metrics-port", type=int, default=int(env("KUBENAS_METRICS_PORT", "8080")),
+    p.add_argument("--metrics-port", type=int, default=int(env("KUBENAS_METRICS_PORT", str(metrics.DEFAULT_PORT))),
                    help="serve /metrics and /healthz here (0: any free port, -1: off)")
     p.add_argument("--exit-when-done", action="store_true", help="exit once the search has finished")
     p.add_argument("--max-trials", type=int, default=None, help="exit after this many trials")
