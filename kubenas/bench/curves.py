@@ -302,8 +302,9 @@ def generate(path: Path, cells: int, task: CurveTask, cfg: CurveConfig, seeds: l
     """Append rows for the first `cells` cells of the seeded order that `path` lacks; resumable.
     The setting is kept beside the table (`setting_path`), and a table is only ever resumed
     with the setting that began it: rows of two settings never share a file. Shard (k, n)
-    takes every n-th missing cell from the k-th: n processes fill one table side by side,
-    each row appended under an exclusive lock."""
+    takes the missing cells at places k, k + n, k + 2n, ... of the order: n processes fill
+    one table side by side, each row appended under an exclusive lock (a cell found in the
+    file by then, written by a process of another sharding, is not written twice)."""
     setting = {**settings(task, cfg, seeds), "order_seed": order_seed, "every_epoch": every_epoch}
     kept = setting_path(path)
     if kept.is_file() and json.loads(kept.read_text()) != setting:
@@ -317,8 +318,9 @@ def generate(path: Path, cells: int, task: CurveTask, cfg: CurveConfig, seeds: l
             raise ValueError(f"{path}: its columns are not those of {cfg.epochs} epochs and {len(seeds)} seeds; "
                              "resume it with the setting that wrote it, or write a new file")
     done = done_cells(path)
-    todo = [(i, c) for i, c in enumerate(all_cells(order_seed)[:cells]) if c not in done]
-    todo = todo[shard[0]::shard[1]]
+    # A shard owns the cells whose place in the order is k mod n: the split does not depend
+    # on what was done when each process started, so two shards never train the same cell.
+    todo = [(i, c) for i, c in enumerate(all_cells(order_seed)[:cells]) if c not in done and i % shard[1] == shard[0]]
     new_file = not path.is_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     if not kept.is_file():
@@ -333,6 +335,9 @@ def generate(path: Path, cells: int, task: CurveTask, cfg: CurveConfig, seeds: l
             curve = train_curves(cell, data, cfg, seeds, every_epoch=every_epoch)
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
+                if cell in done_cells(path):
+                    log(f"{cell} is in the table already (another process wrote it): not written again")
+                    continue
                 out.writerow(row(index, curve))
                 f.flush()
             finally:

@@ -418,6 +418,23 @@ def test_generate_writes_a_curve_table_and_resumes(tmp_path):
         curves.generate(path, 4, task, curves.CurveConfig(channels=4, epochs=3), [0, 1], log=lambda _: None)
 
 
+def test_shards_started_at_different_times_never_train_the_same_cell(tmp_path):
+    """Shard 1 starting after shard 0 wrote a row once took every other cell of a shorter
+    missing list, shifted by one, and trained shard 0's cells again (duplicate rows)."""
+    from kubenas.bench import curves
+
+    task = curves.CurveTask(**TINY_TASK)
+    cfg = curves.CurveConfig(channels=4, epochs=1, batch_size=32)
+    path = tmp_path / "curves.csv"
+    trained: list[str] = []
+    log = lambda line: trained.append(line.split()[1]) if "/" in line.split()[0] else None  # noqa: E731
+    assert curves.generate(path, 1, task, cfg, [0], log=log, shard=(0, 2)) == 1  # cell 0
+    assert curves.generate(path, 6, task, cfg, [0], log=log, shard=(1, 2)) == 3  # cells 1, 3, 5
+    assert curves.generate(path, 6, task, cfg, [0], log=log, shard=(0, 2)) == 2  # cells 2, 4
+    cells = [r["cellstr"] for r in curves.iter_rows(path)]
+    assert sorted(cells) == sorted(curves.all_cells(0)[:6]) and len(trained) == 6 == len(set(trained))
+
+
 def test_a_table_is_resumed_only_with_the_setting_that_began_it(tmp_path):
     from kubenas.bench import curves
 
