@@ -23,6 +23,14 @@ proposed cell the table lacks gets: "fail" (a failed trial at no cost; the searc
 confined to the table's cells, which starves evolution and model-based proposals), or
 "nearest" (the curve of the table's cell with the fewest differing edges: a
 nearest-neighbour surrogate of the whole space, so every strategy searches all of it).
+
+`reward` says what a trial reads: "mean" (the table's accuracy, a mean over the
+training seeds it was measured with) or "one-seed" (one of those seeds' final
+accuracy, drawn per trial: the noise of the single training a real search gives
+each child). Either way a run is scored by the mean (the truth) of the cell it
+picked, so "one-seed" measures how well a strategy copes with noisy rewards. The
+table keeps each seed's last epoch only, so "one-seed" serves full trainings
+(early stopping would read earlier epochs, which are means).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from kubenas.strategies.base import STOP, Result, SearchExhausted, Strategy, Tri
 from kubenas.strategies.dedup import Deduplicated
 
 MISSING = ("fail", "nearest")  # what a proposed cell the table lacks gets (see the module's docstring)
+REWARDS = ("mean", "one-seed")  # what a trial reads (see the module's docstring)
 # Early stopping a label may add with `+` (random+asha): the controller's
 # schedulers, built as the controller builds them from training.earlyStopping.
 SCHEDULERS = ("asha", "hyperband", "median")
@@ -125,8 +134,17 @@ def answer(table: Table, genotype: dict, missing: str) -> tuple[Optional[TableRo
     return entry, False
 
 
+def observer(reward: str, seed: int):
+    """What a trial that trained for all epochs reads from its row: the mean, or one training
+    seed's accuracy drawn from the run's own generator (the same draws for the same seed)."""
+    if reward == "mean":
+        return lambda entry: entry.val_acc
+    draws = random.Random(derive_seed(seed, "training-seeds"))
+    return lambda entry: draws.choice(entry.val_seeds)
+
+
 def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int,
-             objectives: Optional[Objectives] = None, missing: str = "fail") -> RunResult:
+             objectives: Optional[Objectives] = None, missing: str = "fail", reward: str = "mean") -> RunResult:
     """One search: `budget` trained children on `workers` asynchronous workers. With several
     `objectives` the strategy learns from the table's costs too, and the run is scored by the
     normalised hypervolume of every result it saw (`table_front`)."""
@@ -141,6 +159,8 @@ def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int,
     issued = misses = substituted = 0
     exhausted = False  # every architecture of a small table evaluated: the run ends early
     best: Optional[TableRow] = None
+    best_observed = -math.inf
+    observe = observer(reward, seed)
 
     def launch(now: float) -> None:
         nonlocal issued, exhausted
@@ -163,11 +183,12 @@ def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int,
             misses += 1
             result = Result(reward=None, status="failed", error="architecture not in the table")
         else:
-            result = Result(reward=entry.val_acc, cost=dict(entry.cost or {}))
+            observed = observe(entry)
+            result = Result(reward=observed, cost=dict(entry.cost or {}))
             if objectives is not None:
-                seen.append(objectives.minimized(objectives.values(entry.val_acc, result.cost)))
-            if best is None or entry.val_acc > best.val_acc:
-                best = entry
+                seen.append(objectives.minimized(objectives.values(observed, result.cost)))
+            if observed > best_observed:  # picked by what the search saw, scored by the table's mean
+                best, best_observed = entry, observed
         strategy.tell(trial.id, result)
         if issued < budget and not exhausted:
             launch(now)
@@ -267,7 +288,8 @@ class _Running:
     stopped: bool = False  # by the scheduler before the last epoch, or by the end of the budget
 
 
-def replay(table: Table, spec: Spec, seed: int, budget: int, workers: int, missing: str = "fail") -> RunResult:
+def replay(table: Table, spec: Spec, seed: int, budget: int, workers: int, missing: str = "fail",
+           reward: str = "mean") -> RunResult:
     """One search on a learning-curve table with `budget` * E epochs to spend on `workers`
     asynchronous workers; each epoch takes a worker an exponentially distributed time
     (mean 1/E, so a full training takes 1 on average, as in `simulate`)."""
@@ -282,19 +304,22 @@ def replay(table: Table, spec: Spec, seed: int, budget: int, workers: int, missi
     spent = issued = misses = full = substituted = 0
     order = itertools.count()  # ties in time go in issue order
     exhausted = False
-    finished: list[tuple[int, TableRow]] = []  # (epochs trained, entry) of every told success
+    finished: list[tuple[int, float, TableRow]] = []  # (epochs trained, last accuracy seen, entry) of every success
+    observe = observer(reward, seed)
 
     def end(run: _Running) -> None:
         nonlocal full
         trial, entry, e = run.trial, run.entry, run.epoch
         curve = list(entry.val_curve[:e])
+        if e == epochs and reward == "one-seed":
+            curve[-1] = observe(entry)
         status = "stopped" if run.stopped and e < epochs else "succeeded"
         cost = dict(entry.cost or {})
-        reward = strategy.objective(trial.id, curve[-1], cost)
-        strategy.tell(trial.id, Result(reward=reward, status=status, curve=curve, cost=cost, epochs=e))
+        value = strategy.objective(trial.id, curve[-1], cost)
+        strategy.tell(trial.id, Result(reward=value, status=status, curve=curve, cost=cost, epochs=e))
         full += e == epochs
         if status == "succeeded" or e == epochs:
-            finished.append((e, entry))
+            finished.append((e, curve[-1], entry))
 
     def step(now: float, run: _Running) -> None:
         """Train the trial's next epoch, if the budget has one left."""
@@ -347,9 +372,10 @@ def replay(table: Table, spec: Spec, seed: int, budget: int, workers: int, missi
         if spent < limit and not exhausted:
             launch(now)
 
-    longest = max((e for e, _ in finished), default=0)
-    best = max((entry for e, entry in finished if e == longest),
-               key=lambda entry: entry.val_curve[longest - 1], default=None)
+    longest = max((e for e, _, _ in finished), default=0)
+    # Picked by what the search saw, scored by the table's mean.
+    best = max(((seen, entry) for e, seen, entry in finished if e == longest), key=lambda pair: pair[0],
+               default=(None, None))[1]
     top = table.best_val
     return RunResult(
         label=spec.label, seed=seed, budget=budget, queries=issued,
@@ -368,29 +394,40 @@ def _hits(strategy: Strategy) -> int:
 
 
 def _run_task(task: tuple) -> dict:
-    path, label, params, seed, budget, workers, objectives, missing = task
+    path, label, params, seed, budget, workers, objectives, missing, reward = task
     table = cached_table(path)
     if objectives is not None:
         if table.epochs is not None:
             raise KubenasError(f"{path}: several objectives are benchmarked on tables without learning curves")
         return asdict(simulate(table, Spec(label, params), seed, budget, workers, Objectives.parse(objectives),
-                               missing=missing))
+                               missing=missing, reward=reward))
     run = replay if table.epochs is not None else simulate
-    return asdict(run(table, Spec(label, params), seed, budget, workers, missing=missing))
+    return asdict(run(table, Spec(label, params), seed, budget, workers, missing=missing, reward=reward))
 
 
 def run_benchmark(path: str, specs: list[Spec], seeds: Iterable[int], budget: int, workers: int,
                   processes: int = 2, objectives: Optional[Objectives] = None,
-                  missing: str = "fail") -> list[RunResult]:
+                  missing: str = "fail", reward: str = "mean") -> list[RunResult]:
     """Every (strategy, seed) run; results in a fixed order whatever the process scheduling."""
     if missing not in MISSING:
         raise KubenasError(f"missing: {missing!r} is not accepted; choose one of {', '.join(MISSING)}")
+    if reward not in REWARDS:
+        raise KubenasError(f"reward: {reward!r} is not accepted; choose one of {', '.join(REWARDS)}")
     table = cached_table(path)  # fail early, in this process, on a malformed table
     if missing == "nearest" and any(row.cellstr.startswith("{") for row in table.entries.values()):
         raise KubenasError(f"{path}: --missing nearest needs a table of NAS-Bench-201 cell strings")
+    if reward == "one-seed":
+        if any(not row.val_seeds for row in table.entries.values()):
+            raise KubenasError(f"{path}: --reward one-seed needs each training seed's final accuracy "
+                               "(columns val_acc_s0, val_acc_s1, ...); this table has only the mean")
+        partial = [s.label for s in specs if s.scheduler or "max_epochs" in strategy_parameters(s.name)]
+        if partial:
+            raise KubenasError(f"--reward one-seed: {', '.join(partial)} stop(s) trials early, and the table keeps "
+                               "each seed's last epoch only; run them with --reward mean")
     # Objectives travel as their command-line text (plain data) to the worker processes.
     text = None if objectives is None else ",".join(f"{n}:{g}" for n, g in objectives.metrics)
-    tasks = [(path, s.label, s.params, seed, budget, workers, text, missing) for s in specs for seed in seeds]
+    tasks = [(path, s.label, s.params, seed, budget, workers, text, missing, reward)
+             for s in specs for seed in seeds]
     if processes <= 1:
         rows = [_run_task(t) for t in tasks]
     else:

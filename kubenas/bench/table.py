@@ -5,7 +5,9 @@ columns are ignored). A learning-curve table also has `val_acc_e1` ..
 `val_acc_eE` and `test_acc_e1` .. `test_acc_eE`: the accuracies after each
 of E epochs of the same training run, so a trial trained for e epochs reads
 epoch e (see kubenas.bench.curves); `parameters` and `multiply_adds`, when
-present, are the cell's costs. `cellstr` is a NAS-Bench-201 cell string
+present, are the cell's costs; `val_acc_s0` .. `val_acc_sK`, when present, each training
+seed's final validation accuracy (val_acc is their mean), so a benchmark can give a trial
+one training's noisy reward instead of the mean (kubenas.bench.harness, reward "one-seed"). `cellstr` is a NAS-Bench-201 cell string
 (`|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`) or a genotype as JSON (any space of
 kubenas, named by its `space` field). The search space is the one the cells
 belong to; for NAS-Bench-201 strings, restricted to the operations that occur.
@@ -38,6 +40,7 @@ class TableRow:
     val_curve: tuple[float, ...] = ()  # after epoch 1, 2, ... (learning-curve tables only)
     test_curve: tuple[float, ...] = ()
     cost: Optional[dict[str, float]] = None  # params, multiply_adds (when the table has them)
+    val_seeds: tuple[float, ...] = ()  # each training seed's final val_acc (tables that keep them)
 
 
 class Table:
@@ -96,14 +99,17 @@ def load_table(path: str | Path) -> Table:
             epochs = _curve_epochs(header, path)
             curve_columns = [f"{kind}_acc_e{e}" for kind in ("val", "test") for e in range(1, (epochs or 0) + 1)]
             cost_columns = [c for c in COST_COLUMNS if c in header]
+            seed_columns = sorted((c for c in header if c.startswith("val_acc_s") and c[9:].isdigit()),
+                                  key=lambda c: int(c[9:]))
             raw = []
             for line, row in enumerate(reader, start=2):
                 if None in row or any(row.get(c) is None for c in header):
                     raise DatasetError(f"{path}, line {line}: expected {len(header)} fields as in the header")
                 curves = [_number(row[c], c, line, path) for c in curve_columns]
                 cost = {COST_COLUMNS[c]: _number(row[c], c, line, path) for c in cost_columns} or None
+                seeds = tuple(_number(row[c], c, line, path) for c in seed_columns)
                 raw.append((line, row["cellstr"].strip(), _number(row["val_acc"], "val_acc", line, path),
-                            _number(row["test_acc"], "test_acc", line, path), curves, cost))
+                            _number(row["test_acc"], "test_acc", line, path), curves, cost, seeds))
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except csv.Error as exc:
@@ -126,7 +132,7 @@ def load_table(path: str | Path) -> Table:
 
     entries: dict[str, TableRow] = {}
     first_line: dict[str, int] = {}
-    for line, cell, val, test, curves, cost in raw:
+    for line, cell, val, test, curves, cost, seeds in raw:
         try:
             genotype = space.from_json(cell) if json_cells else {"space": space.name, "cell": cell, "hparams": {}}
             key = space.hash(genotype)
@@ -136,7 +142,7 @@ def load_table(path: str | Path) -> Table:
             raise DatasetError(f"{path}, line {line}: the same architecture as line {first_line[key]}; "
                                "each architecture may appear once")
         half = len(curves) // 2
-        entries[key] = TableRow(cell, val, test, tuple(curves[:half]), tuple(curves[half:]), cost)
+        entries[key] = TableRow(cell, val, test, tuple(curves[:half]), tuple(curves[half:]), cost, seeds)
         first_line[key] = line
     return Table(path, space, entries, epochs)
 

@@ -71,6 +71,11 @@ def add_arguments(command_name: str, parser: argparse.ArgumentParser) -> None:
                              "trial at no cost: the search is confined to the table's cells) or nearest (the row "
                              "of the table's cell with the fewest differing edges: a nearest-neighbour surrogate "
                              "of the whole space, for tables of part of it; default fail)")
+    parser.add_argument("--reward", choices=("mean", "one-seed"), default="mean",
+                        help="strategies: what a trial reads: mean (the table's accuracy, a mean over its training "
+                             "seeds; default) or one-seed (one seed's final accuracy, drawn per trial: the noise of "
+                             "a single training, as a real search sees it; needs columns val_acc_s0, ..). Runs are "
+                             "scored by the mean of the cell they picked either way")
     # oneshot (kubenas/bench/oneshot.py): supernets' ranking against the learning-curve table
     parser.add_argument("--algorithms", default="enas,darts,spos", help="oneshot: comma-separated (default all three)")
     parser.add_argument("--epochs", type=int, default=None, help="oneshot: supernet epochs (default: the table's)")
@@ -201,7 +206,7 @@ def run(command_name: str, args: argparse.Namespace) -> int:
         start = time.perf_counter()
         try:
             results = run_benchmark(args.table, specs, seeds, budget, args.workers, args.processes, objectives,
-                                    missing=args.missing)
+                                    missing=args.missing, reward=args.reward)
         except KubenasError as exc:
             print(f"kubenas bench: {exc}", file=sys.stderr)
             return 1
@@ -221,6 +226,9 @@ def run(command_name: str, args: argparse.Namespace) -> int:
         else:
             print(f"\n{budget} queries, {workers}, {args.seeds} seeds "
                   f"(test_acc of the best-val architecture seen; {time.perf_counter() - start:.0f}s)\n")
+        if args.reward == "one-seed":
+            print("Rewards: one training seed's accuracy per trial; each run's pick (its best reward seen) "
+                  "is scored by the table's mean over all seeds.\n")
         print(markdown(rows), flush=True)
         dump.append({"budget": budget, "workers": args.workers, "summary": rows,
                      "runs": [r.__dict__ for r in results]})

@@ -10,7 +10,7 @@ import pytest
 
 from kubenas.bench import Spec, load_table, markdown, run_benchmark, simulate, summarize
 from kubenas.cli import main
-from kubenas.errors import DatasetError
+from kubenas.errors import DatasetError, KubenasError
 from kubenas.spaces.nasbench201 import format_cellstr
 
 OPS3 = ("skip_connect", "nor_conv_1x1", "nor_conv_3x3")
@@ -332,6 +332,44 @@ def test_the_nearest_cell_stands_in_for_one_the_table_lacks(curve_table):
     run = replay(table, spec, seed=1, budget=15, workers=2, missing="nearest")
     assert run.misses == 0 and run.substituted > 0 and confined.substituted == 0
     assert run.epochs == 15 * CURVE_EPOCHS
+
+
+def _noisy_table(tmp_path, curves: bool) -> str:
+    """Two cells whose truth and luck disagree: "lucky" has mean 50 from seeds 0 and 100,
+    "steady" mean 60 from seeds 60 and 60. With one-seed rewards a search that sees lucky's
+    100 picks it, and is scored by its mean, 50."""
+    lucky = format_cellstr(["nor_conv_3x3"] * 6)
+    steady = format_cellstr(["skip_connect"] * 6)
+    header = "cellstr,val_acc,test_acc" + (",val_acc_e1,val_acc_e2,test_acc_e1,test_acc_e2" if curves else "")
+    rows = [(lucky, 50, 49) + ((40, 50, 39, 49) if curves else ()) + (0, 100),
+            (steady, 60, 59) + ((55, 60, 54, 59) if curves else ()) + (60, 60)]
+    return write_table(tmp_path / "noisy.csv", rows, header + ",val_acc_s0,val_acc_s1")
+
+
+@pytest.mark.parametrize("curves", [False, True])
+def test_one_seed_rewards_are_a_seed_s_accuracy_and_the_pick_is_scored_by_the_mean(tmp_path, curves):
+    from kubenas.bench import replay
+
+    table = load_table(_noisy_table(tmp_path, curves))
+    run = replay if curves else simulate
+    budget = 2 if curves else 64  # simulate counts the cells the table lacks as (failed) queries
+    runs = [run(table, Spec("random"), seed=s, budget=budget, workers=1, reward="one-seed") for s in range(12)]
+    picks = {(r.best_val, r.best_test) for r in runs if r.best_val == r.best_val}  # not NaN: saw a cell
+    # Some runs saw lucky's 100 (picked, scored 50), others its 0 (steady picked, scored 60).
+    assert picks == {(50.0, 49.0), (60.0, 59.0)}
+    if curves:  # the replay's budget reaches both cells: the mean reward always picks the better one
+        runs = [replay(table, Spec("random"), seed=s, budget=budget, workers=1) for s in range(4)]
+        assert {(r.best_val, r.best_test) for r in runs} == {(60.0, 59.0)}
+
+
+def test_one_seed_rewards_need_the_seed_columns_and_full_trainings(tmp_path, curve_table):
+    with pytest.raises(KubenasError, match="val_acc_s0.*only the mean"):
+        run_benchmark(curve_table, [Spec("random")], [0], 4, 1, processes=1, reward="one-seed")
+    noisy = _noisy_table(tmp_path, curves=True)
+    with pytest.raises(KubenasError, match="random\\+asha.*keeps each seed's last epoch only"):
+        run_benchmark(noisy, [Spec("random+asha")], [0], 4, 1, processes=1, reward="one-seed")
+    with pytest.raises(KubenasError, match="reward: 'median' is not accepted"):
+        run_benchmark(noisy, [Spec("random")], [0], 4, 1, processes=1, reward="median")
 
 
 def test_the_cli_refuses_an_unknown_missing_policy(curve_table, capsys):
