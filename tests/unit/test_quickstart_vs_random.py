@@ -42,6 +42,16 @@ def test_the_trajectory_follows_finishing_order_and_the_best_so_far():
     assert [s["best_cell"] for s in steps] == ["a", "a", "c", "c"]  # an equal reward later does not take over
 
 
+def test_the_later_trials_mean_reward_reads_the_second_half_in_finishing_order():
+    trials = [_trial("t3", 40.0, 0.9, 1.0, "d"), _trial("t0", 10.0, 0.1, 1.0, "a"),
+              _trial("t2", 30.0, None, 1.0, "c", status="failed"), _trial("t1", 20.0, 0.3, 1.0, "b"),
+              {"id": "t4", "status": "unfinished", "genotype": None}]
+    assert bench.later_mean_reward(trials) == pytest.approx(0.9)  # t2 (failed) and t3
+    record = bench.run_record("random", 4, trials, truth=lambda cell: {"val_acc": 1.0, "test_acc": 2.0})
+    assert record["best_cell"] == "d" and record["later_mean_reward"] == pytest.approx(0.9)
+    assert record["trials"] == 4 and set(record["truth_of_best_so_far"]) == {"a", "b", "d"}
+
+
 def test_the_summary_and_the_table(tmp_path):
     runs = [{"strategy": "evolution", "best_reward": r, "truth": {"val_acc": v, "test_acc": t},
              "trainer_seconds": s} for r, v, t, s in ((0.8, 80.0, 79.0, 100.0), (0.9, 82.0, 81.0, 300.0))]
