@@ -186,7 +186,8 @@ def simulate(table: Table, spec: Spec, seed: int, budget: int, workers: int,
             observed = observe(entry)
             result = Result(reward=observed, cost=dict(entry.cost or {}))
             if objectives is not None:
-                seen.append(objectives.minimized(objectives.values(observed, result.cost)))
+                # Scored by the truth: the table's mean, whatever reward the strategy was told.
+                seen.append(objectives.minimized(objectives.values(entry.val_acc, result.cost)))
             if observed > best_observed:  # picked by what the search saw, scored by the table's mean
                 best, best_observed = entry, observed
         strategy.tell(trial.id, result)

@@ -362,6 +362,23 @@ def test_one_seed_rewards_are_a_seed_s_accuracy_and_the_pick_is_scored_by_the_me
         assert {(r.best_val, r.best_test) for r in runs} == {(60.0, 59.0)}
 
 
+def test_one_seed_rewards_leave_the_hypervolume_scored_by_the_truth(tmp_path):
+    from kubenas.objectives import Objectives
+
+    path = tmp_path / "noisy-costs.csv"
+    # All three on the true front; the middle one's seeds are 0 and 100 (mean 50).
+    write_table(path, [(format_cellstr(["skip_connect"] * 6), 60, 59, 10, 60, 60),
+                       (format_cellstr(["nor_conv_3x3"] * 6), 50, 49, 7, 0, 100),
+                       (format_cellstr(["skip_connect"] * 3 + ["nor_conv_3x3"] * 3), 40, 39, 5, 40, 40)],
+                "cellstr,val_acc,test_acc,parameters,val_acc_s0,val_acc_s1")
+    table = load_table(path)
+    objectives = Objectives.parse("validationAccuracy:max,parameters:min")
+    runs = [simulate(table, Spec("random"), seed=seed, budget=64, workers=1, objectives=objectives,
+                     reward="one-seed") for seed in range(8)]
+    # A lucky seed's 100 is no point beyond the true front: at most all of it.
+    assert max(run.hypervolume for run in runs) == pytest.approx(1.0)
+
+
 def test_one_seed_rewards_need_the_seed_columns_and_full_trainings(tmp_path, curve_table):
     with pytest.raises(KubenasError, match="val_acc_s0.*only the mean"):
         run_benchmark(curve_table, [Spec("random")], [0], 4, 1, processes=1, reward="one-seed")
