@@ -28,6 +28,7 @@ from kubenas.errors import InvalidSpec, KubenasError, describe_validation_error
 from kubenas.queue.keys import SearchKeys
 from kubenas.queue.connection import check, connect, redact
 from kubenas.manifest import load_manifest, read_yaml_documents
+from kubenas.signals import act_on_signal
 from kubenas.spec import KIND, ArchitectureSearchSpec
 
 log = logging.getLogger("kubenas.controller")
@@ -126,7 +127,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def stop(signum: int, _frame: object) -> None:
         log.info("received %s: stopping after this step", signal.Signals(signum).name)
-        stopping.set()
+        act_on_signal(stopping.set)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

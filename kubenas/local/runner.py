@@ -54,7 +54,9 @@ from kubenas.local.redis_server import RedisServer
 from kubenas.local.run_directory import DirectoryInUse, RunDirectory
 from kubenas.local.supernet_group import SupernetGroup, derived_path, oneshot_command_from_environment
 from kubenas.manifest import load_manifest
+from kubenas.objectives import Objectives
 from kubenas.queue.keys import SearchKeys
+from kubenas.signals import act_on_signal
 from kubenas.spec import ONE_SHOT_ALGORITHMS, ArchitectureSearch
 
 log = logging.getLogger("kubenas.run")
@@ -308,10 +310,11 @@ class LocalRunner:
                 server.stop()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        return self._outcome(controller, summary, stopped_by, started, redis_dir if server else None)
+        return self._outcome(controller, summary, stopped_by, started, redis_dir if server else None,
+                             Objectives.from_spec(spec.objective))
 
     def _outcome(self, controller: Child, summary: Optional[dict], stopped_by: Optional[str], started: float,
-                 redis_dir: Optional[Path]) -> RunOutcome:
+                 redis_dir: Optional[Path], objectives: Objectives) -> RunOutcome:
         o = self.o
         from kubenas.local.results import count_trials, read_trials
 
@@ -330,7 +333,7 @@ class LocalRunner:
         counts: dict[str, int] = {}
         trials: list[dict] = []
         if not refused and (checkpoint / "state.json").exists():
-            results = self._write_results(checkpoint, summary)
+            results = self._write_results(checkpoint, summary, objectives)
             try:
                 trials = read_trials(checkpoint)
             except OSError:
@@ -397,7 +400,7 @@ class LocalRunner:
         return (f"{'every one' if n == len(errors) else f'{n} of {len(errors)}'} failed or diverged, e.g.: {example} "
                 f"(details: {self.o.output / 'trials.jsonl'}, {self.o.output / 'logs'})")
 
-    def _write_results(self, checkpoint: Path, summary: Optional[dict]) -> Optional[dict]:
+    def _write_results(self, checkpoint: Path, summary: Optional[dict], objectives: Objectives) -> Optional[dict]:
         """Write the results directory; an unwritable output is retried for a while, never lost."""
         from kubenas.local.results import write_results
 
@@ -407,7 +410,7 @@ class LocalRunner:
         interrupts = self.interrupts
         while True:
             try:
-                return write_results(o.output, checkpoint, summary)
+                return write_results(o.output, checkpoint, summary, objectives)
             except OSError as exc:
                 reason = exc.strerror or str(exc)
                 if time.monotonic() >= deadline or self.interrupts > interrupts:
@@ -525,7 +528,7 @@ class LocalRunner:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.interrupts += 1
-        self.stop_requested.set()
+        act_on_signal(self.stop_requested.set)
 
     def _watch(self, keys: SearchKeys, url: str, max_trials: int, controller: Child,
                server: Optional[RedisServer], directory: RunDirectory) -> tuple[Optional[dict], Optional[str]]:

@@ -26,6 +26,7 @@ from kubenas import metrics
 from kubenas.errors import KubenasError
 from kubenas.queue.connection import check, connect, redact
 from kubenas.queue.keys import SearchKeys
+from kubenas.signals import act_on_signal
 
 log = logging.getLogger("kubenas.trainer")
 
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace, make_trainer: Optional[Callable[..., Any]] = N
 
     def terminate(signum: int, _frame: object) -> None:
         log.info("received %s: handing the running trial back and exiting", signal.Signals(signum).name)
-        trainer.terminate()
+        act_on_signal(trainer.terminate)
 
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, terminate)

@@ -29,6 +29,7 @@ import time
 from typing import Optional
 
 from kubenas.local.processes import die_with_parent
+from kubenas.signals import act_on_signal
 
 log = logging.getLogger("kubenas.trainer.supervisor")
 
@@ -104,7 +105,7 @@ class Supervisor:
 
     def stop(self, signum: int, _frame: object = None) -> None:
         log.info("received %s: the trainers hand their trials back", signal.Signals(signum).name)
-        self.stopping.set()
+        act_on_signal(self.stopping.set)
 
     def _signal_all(self, sig: int) -> None:
         for proc in self.procs:
