@@ -41,7 +41,7 @@ import math
 import re
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from kubenas.errors import KubenasError
 from kubenas.nn import ModelConfig, build_model, count_parameters, multiply_adds
 from kubenas.spaces import space_of
 from kubenas.spaces.nasnet import cell_outputs
+from kubenas.spec import SKELETON_REDUCTIONS
 
 FORMATS = ("torchscript", "onnx", "both")
 # The sizes the spaces' papers train their final networks at: (N, F).
@@ -375,20 +376,53 @@ def trained_options(path: str | Path, genotype: dict, cells: int | None = None, 
     if expected and expected != got:
         raise KubenasError(f"--weights: {path} holds the weights of architecture {expected}, not of this genotype "
                            f"({got}); give the genotype it was trained with (its model.json holds it)")
-    cfg = ModelConfig(**config)
+    cfg = _stored_model_config(config, path)
     for flag, given, trained in (("--cells", cells, cfg.cells_per_stage), ("--channels", channels, cfg.channels),
                                  ("--classes", num_classes, cfg.num_classes)):
         if given is not None and given != trained:
             raise KubenasError(f"{flag}: {given} is not what {path} was trained with ({trained}); leave it out")
-    shape = tuple(description.get("input_shape") or (cfg.in_channels, 32, 32))
+    shape = description.get("input_shape") or (cfg.in_channels, 32, 32)
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
+        raise KubenasError(f"--weights: {path}: the metadata's input_shape {shape!r} is not accepted; "
+                           "give [channels, height, width] of positive integers")
+    shape = tuple(shape)
     if input_shape is not None and tuple(input_shape) != shape and input_shape[0] != cfg.in_channels:
         raise KubenasError(f"--input: {'x'.join(map(str, input_shape))} has {input_shape[0]} channels; {path} was "
                            f"trained on {cfg.in_channels}")
     size = compound_scale(cfg.cells_per_stage, cfg.channels, 0.0, tuple(input_shape or shape))
     pre = description.get("preprocessing") or {}
+    if not isinstance(pre, dict):
+        raise KubenasError(f"--weights: {path}: the metadata's preprocessing is not a mapping "
+                           f"(got {type(pre).__name__})")
     options.update(model_config=cfg, num_classes=cfg.num_classes, mean=pre.get("mean"), std=pre.get("std"),
                    class_names=pre.get("class_names"), value_range=pre.get("value_range"))
     return size, options
+
+
+def _stored_model_config(config: Any, path: str | Path) -> ModelConfig:
+    """The ModelConfig a weights file's metadata names, checked field by field: the metadata is
+    user-editable text, and a bad field must be a KubenasError naming it, never a TypeError."""
+    where = f"--weights: {path}: the metadata's model_config"
+    if not isinstance(config, dict):
+        raise KubenasError(f"{where} is not a mapping (got {type(config).__name__})")
+    kinds = {f.name: type(f.default) for f in fields(ModelConfig)}  # every field has a default
+    for key, value in config.items():
+        kind = kinds.get(key)
+        if kind is None:
+            raise KubenasError(f"{where}.{key}: unknown field; accepted: {', '.join(kinds)}")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is bool:
+            ok, wanted = isinstance(value, bool), "true or false"
+        elif kind is int:
+            ok, wanted = number and isinstance(value, int) and value >= 1, "an integer of at least 1"
+        elif kind is float:  # drop_path
+            ok, wanted = number and 0.0 <= value < 1.0, "a number in [0, 1)"
+        else:  # skeleton
+            ok, wanted = value in SKELETON_REDUCTIONS, f"one of {', '.join(SKELETON_REDUCTIONS)}"
+        if not ok:
+            raise KubenasError(f"{where}.{key}: {value!r} is not accepted; give {wanted}")
+    return ModelConfig(**config)
 
 
 # --- the whole export ----------------------------------------------------------------

@@ -33,7 +33,8 @@ from typing import Any, Optional
 from kubenas.spec import ArchitectureSearchSpec, EarlyStoppingSpec, FinalModel, FinalSpec, TrainingSpec, TrialCounts
 
 FINAL_PREFIX = "final-"
-# Final recipe fields that replace a searched hyperparameter of the same name in the genotype.
+# Final recipe fields that replace a searched hyperparameter of the same name in the genotype
+# (and learningRate, when spec.final gives one: final_genotype).
 FINAL_OVERRIDES = ("epochs", "dropPath")
 
 
@@ -136,9 +137,13 @@ def final_training(spec: ArchitectureSearchSpec) -> TrainingSpec:
     return training.model_copy(update=update)
 
 
-def final_genotype(genotype: dict) -> dict:
-    """The candidate's genotype without the searched hyperparameters the final recipe sets."""
-    hparams = {k: v for k, v in (genotype.get("hparams") or {}).items() if k not in FINAL_OVERRIDES}
+def final_genotype(genotype: dict, final: Optional[FinalSpec] = None) -> dict:
+    """The candidate's genotype without the searched hyperparameters the final recipe sets:
+    the genotype's hparams are applied on top of the recipe, so one left in would win."""
+    overrides = FINAL_OVERRIDES
+    if final is not None and final.learning_rate is not None:  # set only when given
+        overrides += ("learningRate",)
+    hparams = {k: v for k, v in (genotype.get("hparams") or {}).items() if k not in overrides}
     out = dict(genotype)
     if "hparams" in genotype:
         out["hparams"] = hparams

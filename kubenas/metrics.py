@@ -14,6 +14,8 @@ from typing import Callable, Optional
 
 from prometheus_client import REGISTRY, CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from kubenas.spec import PARETO_ARCHIVE_CAPACITY
+
 SEARCH = "search"
 # A controller's or trainer's /metrics port unless KUBENAS_METRICS_PORT says otherwise (the
 # operator declares it on their containers, and the chart's PodMonitor scrapes what is declared).
@@ -58,9 +60,11 @@ BEST_REWARD = Gauge("kubenas_best_reward", "The best reward of the search so far
 PARETO_HYPERVOLUME = Gauge(
     "kubenas_pareto_hypervolume",
     "The Pareto front's hypervolume: several objectives, costs scaled by the largest seen, reference accuracy 0 "
-    "and scaled cost 1; one objective, the best reward (above 0). Never falls.", [SEARCH])
+    "and scaled cost 1; one objective, the best reward (above 0). Never falls while the front fits in the "
+    f"{PARETO_ARCHIVE_CAPACITY} members the controller keeps.", [SEARCH])
 PARETO_FRONT_SIZE = Gauge("kubenas_pareto_front_size",
-                          "Trials on the Pareto front (one objective: 1, the best trial).", [SEARCH])
+                          f"Trials on the Pareto front the controller keeps (at most {PARETO_ARCHIVE_CAPACITY}; "
+                          "one objective: 1, the best trial).", [SEARCH])
 SEARCH_FINISHED = Gauge("kubenas_search_finished", "1 once the search has finished.", [SEARCH])
 APPLY_SECONDS = Histogram(
     "kubenas_apply_seconds",

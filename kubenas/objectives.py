@@ -36,6 +36,8 @@ COST_KEYS: dict[str, str] = {
     "trainingSeconds": "train_seconds",
 }
 MAX_OBJECTIVES = 4
+ACCURACY_NEEDED = ("validationAccuracy must be one of the metrics (a search maximises it, alone or traded "
+                   "against parameters, multiplyAdds, latency or trainingSeconds)")
 _GOAL_WORDS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
 
 Point = tuple[float, ...]
@@ -57,6 +59,11 @@ class Objectives:
                 raise ValueError(f"objectives: {name} can only be {METRIC_GOALS[name]}d (got {goal!r})")
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"objectives: a metric is named twice in {list(self.names)}")
+        if len(self.metrics) > MAX_OBJECTIVES:
+            raise ValueError(f"objectives: at most {MAX_OBJECTIVES} metrics, got {len(self.metrics)}")
+        # Every strategy learns from the accuracy (the reward); a cost alone would be silently ignored.
+        if "validationAccuracy" not in self.names:
+            raise ValueError(f"objectives: {ACCURACY_NEEDED}")
 
     @classmethod
     def from_spec(cls, objective_spec: Any) -> "Objectives":
@@ -71,11 +78,13 @@ class Objectives:
         """From a command-line list such as "validationAccuracy:max,parameters:min"."""
         metrics = []
         for item in text.split(","):
-            name, _, goal = item.strip().partition(":")
-            goal = goal.strip() or METRIC_GOALS.get(name.strip(), "")
+            name, _, goal = (part.strip() for part in item.partition(":"))
+            if name not in METRIC_GOALS:  # before the goal: "flops" is an unknown metric, not a bad goal
+                raise ValueError(f"objectives: unknown metric {name!r}; accepted: {sorted(METRIC_GOALS)}")
+            goal = goal or METRIC_GOALS[name]
             if goal not in _GOAL_WORDS:
                 raise ValueError(f"objectives: {item.strip()!r} is not NAME:max or NAME:min")
-            metrics.append((name.strip(), _GOAL_WORDS[goal]))
+            metrics.append((name, _GOAL_WORDS[goal]))
         return cls(tuple(metrics))
 
     @property
@@ -99,9 +108,6 @@ class Objectives:
     def minimized(self, values: Sequence[float]) -> Point:
         """The same values with every objective turned into one to minimise (-accuracy)."""
         return tuple(-v if goal == "maximize" else v for v, (_, goal) in zip(values, self.metrics))
-
-    def to_list(self) -> list[list[str]]:
-        return [[n, g] for n, g in self.metrics]
 
 
 # --- dominance and fronts (minimisation) ---------------------------------------------

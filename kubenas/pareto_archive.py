@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import Optional
 
 from kubenas.objectives import Objectives, crowding_distance, dominates, hypervolume
-from kubenas.spec import PARETO_STATUS_MEMBERS, ParetoMember
+from kubenas.spec import PARETO_ARCHIVE_CAPACITY, PARETO_STATUS_MEMBERS, ParetoMember
 
-CAPACITY = 256
+CAPACITY = PARETO_ARCHIVE_CAPACITY  # the status's descriptions name it, so it lives with them
 
 
 class ParetoArchive:
@@ -34,7 +34,8 @@ class ParetoArchive:
         self._hypervolume: Optional[float] = None  # cached: the summary asks every second or so
 
     def note(self, trial_id: str, accuracy: Optional[float], cost: Optional[dict]) -> bool:
-        """Take a succeeded trial's result; whether it joined the front."""
+        """Take a succeeded trial's result; whether it joined the front (and stayed: past the capacity
+        the newcomer may itself be the most crowded member, and go at once)."""
         values = self.objectives.values(accuracy, cost or {})
         if values is None:
             return False
@@ -50,7 +51,7 @@ class ParetoArchive:
         self._hypervolume = None
         if len(self.members) > self.capacity:
             self._drop_most_crowded()
-        return True
+        return trial_id in self.members
 
     def _drop_most_crowded(self) -> None:
         ids = list(self.members)

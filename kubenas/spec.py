@@ -13,6 +13,9 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from kubenas.objectives import ACCURACY_NEEDED, MAX_OBJECTIVES
+from kubenas.oneshot.parameters import ALGORITHM_PARAMETERS as ONE_SHOT_PARAMETERS
+from kubenas.oneshot.parameters import BOUNDS as ONE_SHOT_BOUNDS
 from kubenas.spaces.config import CamelModel, HyperparameterName, SearchSpaceSpec
 
 GROUP = "kubenas.io"
@@ -196,6 +199,11 @@ class StrategySpec(SpecModel):
             if not _has_json_type(value, accepted[name]):
                 raise ValueError(f"strategy.parameters.{name}: {value!r} is not accepted; "
                                  f"{self.algorithm} wants {_A[accepted[name]]}")
+            if self.algorithm in ONE_SHOT_PARAMETERS:  # the supernet worker's ranges, refused before it runs
+                low, high = ONE_SHOT_BOUNDS[strategy_keyword(name)]
+                if not low <= value <= high:
+                    raise ValueError(f"strategy.parameters.{name}: {value!r} is not accepted; "
+                                     f"{self.algorithm} wants {_A[accepted[name]]} in [{low:g}, {high:g}]")
         return self
 
 
@@ -234,6 +242,8 @@ _GOAL_OF_METRIC = (
     "trainingSeconds only minimized")
 _METRICS_ONCE = ("!has(self.metrics) || self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))",
                  "objective.metrics: each metric may be named once")
+_METRICS_NEED_ACCURACY = ("!has(self.metrics) || self.metrics.exists(m, m.name == 'validationAccuracy')",
+                          f"objective.metrics: {ACCURACY_NEEDED}")
 _METRICS_OR_PENALTY = (
     "!has(self.metrics) || size(self.metrics) <= 1 || !has(self.costPenalty)",
     "objective.costPenalty: cannot be combined with several objective.metrics (the front already trades "
@@ -273,17 +283,17 @@ class ObjectiveSpec(SpecModel):
     metric: Literal["validationAccuracy"] = "validationAccuracy"
     goal: Literal["maximize"] = "maximize"
     metrics: Optional[list[MetricSpec]] = Field(
-        default=None, min_length=1, max_length=4,
-        description="Several objectives (at most 4): the search keeps the Pareto front of them, e.g. "
-                    "[{name: validationAccuracy, goal: maximize}, {name: parameters, goal: minimize}]. "
-                    "Replaces metric and goal; strategy.algorithm random, evolution, local-search, nsga2 or parego.")
+        default=None, min_length=1, max_length=MAX_OBJECTIVES,
+        description=f"Several objectives (at most {MAX_OBJECTIVES}, validationAccuracy among them): the search "
+                    "keeps the Pareto front of them, e.g. [{name: validationAccuracy, goal: maximize}, "
+                    "{name: parameters, goal: minimize}]. Replaces metric and goal; strategy.algorithm random, evolution, local-search, nsga2 or parego.")
     target: Optional[float] = Field(default=None, ge=0, le=1, description="Stop the search once a reward reaches this.")
     constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
     cost_penalty: Optional[CostPenaltySpec] = None
     latency: Optional[LatencySpec] = Field(
         default=None, description="Predict latency from a table made on the target device (see latency.table).")
 
-    model_config = ConfigDict(json_schema_extra=cel_rules(_METRICS_ONCE, _METRICS_OR_PENALTY))
+    model_config = ConfigDict(json_schema_extra=cel_rules(_METRICS_ONCE, _METRICS_NEED_ACCURACY, _METRICS_OR_PENALTY))
 
     @property
     def uses_latency(self) -> bool:
@@ -305,6 +315,8 @@ class ObjectiveSpec(SpecModel):
         if twice:
             raise ValueError(f"objective.metrics: {twice[0]} is named {names.count(twice[0])} times; "
                              "each metric may be named once")
+        if names and "validationAccuracy" not in names:
+            raise ValueError(_METRICS_NEED_ACCURACY[1])
         if len(names) > 1 and self.cost_penalty is not None:
             raise ValueError(_METRICS_OR_PENALTY[1])
         return self
@@ -871,6 +883,8 @@ class RecentTrial(CamelModel):
 
 # Members of the Pareto front the summary (and so the resource's status) carries: the CR stays small.
 PARETO_STATUS_MEMBERS = 16
+# Members the controller's Pareto archive keeps (kubenas/pareto_archive.py); past it the most crowded goes.
+PARETO_ARCHIVE_CAPACITY = 256
 
 
 class ParetoMember(CamelModel):
@@ -935,10 +949,15 @@ class SearchSummary(CamelModel):
         default_factory=list, max_length=PARETO_STATUS_MEMBERS,
         description="Several objective.metrics: members of the Pareto front (at most 16, spread along it; "
                     "kubenas export --pareto writes them all).")
-    pareto_front_size: Optional[int] = Field(default=None, ge=0, description="Trials on the whole Pareto front.")
+    pareto_front_size: Optional[int] = Field(
+        default=None, ge=0, description=f"Trials on the Pareto front the controller keeps: the whole front up to "
+                                        f"{PARETO_ARCHIVE_CAPACITY}; past that its most crowded members are dropped "
+                                        f"and this stays at {PARETO_ARCHIVE_CAPACITY}.")
     hypervolume: Optional[float] = Field(
-        default=None, description="The front's hypervolume: each cost divided by the largest any trial had, accuracy "
-                                  "as it is, up to accuracy 0 and scaled cost 1 (so it never falls).")
+        default=None, description="The kept front's hypervolume: each cost divided by the largest any trial had, "
+                                  "accuracy as it is, up to accuracy 0 and scaled cost 1. It never falls while the "
+                                  f"front fits in {PARETO_ARCHIVE_CAPACITY} members; past that, dropping the most "
+                                  "crowded member can lower it a little.")
 
 
 class ArchitectureSearchStatus(SearchSummary):

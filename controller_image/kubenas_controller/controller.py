@@ -43,7 +43,7 @@ from kubenas.queue.keys import SearchKeys
 from kubenas.queue.live_spec import LiveSpec
 from kubenas.queue.messages import ControlMessage, ProgressMessage, ResultMessage, TrialMessage, clip_error
 from kubenas.final_stage import final_genotype, final_training
-from kubenas.nn.latency_table import LatencyTableError, load_table, predict_latency, space_units, table_size
+from kubenas.nn.latency_table import LatencyTableError, check_prices_space, load_table, predict_latency
 from kubenas.objectives import Objectives
 from kubenas.search_state import CONTROLLER_ERROR, EXHAUSTED, TOO_MANY_FAILED, InFlight, Verdict, SearchState, Tally
 from kubenas.spaces import build_space
@@ -54,7 +54,7 @@ from kubenas.training.checkpoints import CheckpointRetention, TrialCheckpointSto
 
 from kubenas_controller.live_budget import LiveBudget
 from kubenas_controller.search_checkpoint import SearchCheckpoint, now_iso
-from kubenas_controller.strategy import build_strategy, measures_latency, schedules_epochs
+from kubenas_controller.strategy import build_strategy, schedules_epochs
 from kubenas_controller.supernet_watch import SupernetWatch
 
 log = logging.getLogger("kubenas.controller")
@@ -71,15 +71,9 @@ def load_latency_table(spec: ArchitectureSearchSpec, space) -> Optional[dict]:
     where = "spec.objective.latency.table"
     try:
         table = load_table(spec.objective.latency.table)
+        check_prices_space(table, space)
     except LatencyTableError as exc:
         raise InvalidSpec(f"{where}: {exc}") from None
-    size = table_size(table)
-    if size.space != space.name:
-        raise InvalidSpec(f"{where}: the table is for the {size.space} space; the search's is {space.name}")
-    missing = [k for k in space_units(size, getattr(space, "operations", None)) if k not in table["entries"]]
-    if missing:
-        raise InvalidSpec(f"{where}: the table has no entry for {missing[0]} ({len(missing)} missing); make it "
-                          f"with kubenas latency-table for this space's operations")
     return table
 
 
@@ -135,7 +129,7 @@ class Controller:
                 raise InvalidSpec(f"strategy.algorithm {spec.strategy.algorithm}: a one-shot search needs the "
                                   "artifact store (--artifacts, env KUBENAS_ARTIFACTS), where its supernet "
                                   "workers write the derived genotypes")
-            self.supernet = SupernetWatch(options.artifacts, search=self.search)
+            self.supernet = SupernetWatch(options.artifacts, search=self.search, spec=self.spec)
         self.state = SearchState(spec.budget, self._trial_message, target=spec.objective.target,
                                  prefetch=options.prefetch, suspended=spec.suspend,
                                  final_top_k=spec.final.top_k if spec.final else None,
@@ -155,7 +149,7 @@ class Controller:
         self._prune_at = time.monotonic() + 600
         self._scheduled = schedules_epochs(spec)
         self.latency_table = load_latency_table(spec, self.space)  # None: latency measured by the trainers
-        self._latency = (measures_latency(spec) or spec.objective.uses_latency) and self.latency_table is None
+        self._latency = spec.objective.uses_latency and self.latency_table is None
         self.retention: Optional[CheckpointRetention] = None
         if options.artifacts:
             self.retention = CheckpointRetention(TrialCheckpointStore(options.artifacts), top_k=options.keep_top_k)
@@ -468,8 +462,9 @@ class Controller:
     def _final_message(self, event: dict) -> TrialMessage:
         assert self._final_training is not None
         training = self._final_training
-        return TrialMessage(search=self.search, trial_id=event["id"], genotype=final_genotype(event["genotype"]),
-                            epochs=training.epochs, training=training, max_attempts=self.options.max_attempts,
+        return TrialMessage(search=self.search, trial_id=event["id"],
+                            genotype=final_genotype(event["genotype"], self.spec.final), epochs=training.epochs,
+                            training=training, max_attempts=self.options.max_attempts,
                             decision_timeout=self.options.decision_timeout, created=event.get("created", 0.0),
                             final=True)
 

@@ -19,13 +19,10 @@ import re
 from typing import Any
 
 from kubenas.errors import InvalidSpec
-from kubenas.objectives import Objectives
+from kubenas.objectives import COST_KEYS, Objectives
 from kubenas.spaces import SearchSpace
 from kubenas.spec import ArchitectureSearchSpec, DatasetSpec, strategy_keyword_arguments, strategy_parameter_name
 from kubenas.strategies.base import Strategy
-
-# Spec cost names -> the keys of a cost dict (estimated by the controller, measured by trainers).
-COST_KEYS = {"parameters": "params", "multiplyAdds": "multiply_adds", "latencySeconds": "latency_seconds"}
 
 
 def dataset_shape(dataset: DatasetSpec) -> tuple[tuple[int, int, int], int]:
@@ -74,7 +71,8 @@ def build_strategy(spec: ArchitectureSearchSpec, space: SearchSpace) -> Strategy
                                 in_channels=shape[0])
         soft = None
         if penalty is not None:
-            soft = SoftCost(COST_KEYS[penalty.metric], penalty.target, alpha=penalty.weight, beta=penalty.weight)
+            metric = "latency" if penalty.metric == "latencySeconds" else penalty.metric  # its name in metrics
+            soft = SoftCost(COST_KEYS[metric], penalty.target, alpha=penalty.weight, beta=penalty.weight)
         strategy = Constrained(strategy, cost_fn, limits=limits, soft=soft)
 
     from kubenas.strategies.dedup import Deduplicated
@@ -122,9 +120,3 @@ def own_schedule(spec: ArchitectureSearchSpec) -> dict[str, int]:
 def schedules_epochs(spec: ArchitectureSearchSpec) -> bool:
     """Whether trials report every epoch for a stop/promote decision (early stopping, or BOHB's brackets)."""
     return spec.training.early_stopping.algorithm != "none" or spec.strategy.algorithm == "bohb"
-
-
-def measures_latency(spec: ArchitectureSearchSpec) -> bool:
-    if "latency" in Objectives.from_spec(spec.objective).names:
-        return True
-    return spec.objective.cost_penalty is not None and spec.objective.cost_penalty.metric == "latencySeconds"

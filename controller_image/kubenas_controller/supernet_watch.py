@@ -4,7 +4,9 @@ The worker group (`python -m kubenas.oneshot`) checkpoints the supernet every ep
 ARTIFACTS/supernet/epoch-<e>.json (+ .safetensors) and, at the end, rank 0 writes
 ARTIFACTS/supernet/derived.json. The controller polls for both (the workers and the
 controller share nothing but that volume): the epochs tell the summary's stage (supernet,
-then deriving once the last epoch is checkpointed), derived.json is handed to the strategy.
+then deriving once the last epoch is checkpointed), derived.json is handed to the strategy
+once its fingerprint says it was made for this search's spec (an artifact store reused with a
+changed spec may hold another supernet's).
 """
 
 from __future__ import annotations
@@ -24,9 +26,16 @@ _EPOCH = re.compile(r"^epoch-([0-9]+)\.json$")
 
 
 class SupernetWatch:
-    def __init__(self, artifacts: str | Path, poll_seconds: float = 1.0, search: Optional[str] = None):
+    def __init__(self, artifacts: str | Path, poll_seconds: float = 1.0, search: Optional[str] = None,
+                 spec: Any = None):
         self.dir = Path(artifacts) / SUPERNET_DIR
         self.search = search  # the metrics' label; None: no metrics
+        # The search's ArchitectureSearchSpec: derived.json of another spec is not taken. None: not checked.
+        self.fingerprint: Optional[str] = None
+        if spec is not None:
+            from kubenas.oneshot import supernet_fingerprint
+
+            self.fingerprint = supernet_fingerprint(spec)
         self.last: dict[str, Any] = {}  # the last epoch's numbers (train_loss, val_loss, arch_entropy, ...)
         self.poll_seconds = poll_seconds
         self.epoch = 0  # the latest checkpointed epoch
@@ -54,10 +63,17 @@ class SupernetWatch:
             self._complain(f"cannot read {self.dir / DERIVED_FILE}: {exc.strerror or exc}; retrying")
             return None
         try:
-            return json.loads(text)
+            payload = json.loads(text)
         except ValueError as exc:  # written without a rename, and not complete yet
             self._complain(f"{self.dir / DERIVED_FILE} is not JSON yet ({exc}); retrying")
             return None
+        made_for = payload.get("fingerprint") if isinstance(payload, dict) else None
+        if self.fingerprint is not None and made_for != self.fingerprint:
+            # Another spec's supernet: this search's workers train their own (or refuse the store).
+            self._complain(f"{self.dir / DERIVED_FILE} was made for another spec (fingerprint {made_for}, this "
+                           f"search's {self.fingerprint}); waiting for this search's supernet")
+            return None
+        return payload
 
     def _progress(self) -> None:
         try:
@@ -71,8 +87,7 @@ class SupernetWatch:
             meta = json.loads((self.dir / f"epoch-{self.epoch}.json").read_text())
             # The worker writes the trial-checkpoint format: the total under progress.epochs.
             progress = meta.get("progress") if isinstance(meta, dict) else None
-            total = (progress.get("epochs") if isinstance(progress, dict) else None) or \
-                (meta.get("epochs") if isinstance(meta, dict) else None)
+            total = progress.get("epochs") if isinstance(progress, dict) else None
             self.epochs = int(total) if isinstance(total, int) else self.epochs
             curve = progress.get("curve") if isinstance(progress, dict) else None
             if isinstance(curve, list) and curve and isinstance(curve[-1], dict):

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Optional
 
 from kubenas.errors import DatasetError, InvalidGenotype, KubenasError
+from kubenas.objectives import COST_KEYS
 from kubenas.spaces import Genotype, SearchSpace, build_space, space_of
 from kubenas.spaces.nasbench201 import NB201_OPERATIONS, parse_cellstr
 
 REQUIRED = ("cellstr", "val_acc", "test_acc")
-COST_COLUMNS = {"parameters": "params", "multiply_adds": "multiply_adds"}  # column -> cost key
+# Column -> the key of a trial's cost dict.
+COST_COLUMNS = {"parameters": COST_KEYS["parameters"], "multiply_adds": COST_KEYS["multiplyAdds"]}
 
 
 @dataclass

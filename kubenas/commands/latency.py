@@ -103,6 +103,9 @@ def run(command: str, args: argparse.Namespace) -> int:
         return fail(f"--device: {device!r} is not accepted; use cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         return fail(f"--device: {device} asked for, but torch sees no CUDA device here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        return fail(f"--device: {device} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s) "
+                    f"here; use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if args.clock == "cpu" and (dev.type != "cpu" or (args.threads or 0) != 1):
         return fail("--clock cpu: only for --device cpu with --threads 1 (CPU time sums every thread)")
     if args.threads:
@@ -120,9 +123,12 @@ def run(command: str, args: argparse.Namespace) -> int:
     table["threads"] = torch.get_num_threads()
     text = json.dumps(table, indent=1) + "\n"
     if args.output:
-        try:
-            with open(args.output, "w") as f:
-                f.write(text)
+        from pathlib import Path
+
+        from kubenas.files import write_atomic
+
+        try:  # minutes of timing: never leave half a table where a search would read it
+            write_atomic(Path(args.output), text.encode())
         except OSError as exc:
             return fail(f"--output {args.output}: {exc.strerror or exc}")
         print(f"{len(table['entries'])} entries timed on {device} -> {args.output}", file=sys.stderr)

@@ -13,14 +13,15 @@ Matplotlib without pyplot, as kubenas/viz.py.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from kubenas.objectives import METRIC_GOALS, Objectives, pareto_front, pareto_ranks
+from kubenas.files import write_atomic
+from kubenas.objectives import Objectives, pareto_front, pareto_ranks
 
 # Axis labels: the metric and its unit.
 LABELS = {"validationAccuracy": "validation accuracy", "parameters": "parameters",
@@ -59,15 +60,13 @@ def pareto_table(trials: list[dict], objectives: Objectives) -> list[ParetoRow]:
 
 
 def write_pareto_csv(path: str | Path, rows: list[ParetoRow], objectives: Objectives) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["trial", *objectives.names, "front", "on_front", "hash", "genotype"])
-        for row in rows:
-            writer.writerow([row.trial, *(repr(v) for v in row.values), row.rank, int(row.on_front),
-                             row.hash or "", json.dumps(row.genotype, separators=(",", ":"))])
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["trial", *objectives.names, "front", "on_front", "hash", "genotype"])
+    for row in rows:
+        writer.writerow([row.trial, *(repr(v) for v in row.values), row.rank, int(row.on_front),
+                         row.hash or "", json.dumps(row.genotype, separators=(",", ":"))])
+    write_atomic(Path(path), text.getvalue().encode())
 
 
 def plot_pareto(path: str | Path, rows: list[ParetoRow], objectives: Objectives, title: str = "") -> tuple[int, int]:
@@ -124,27 +123,15 @@ def _accuracy_floor(values: list[float], front: list[float]) -> Optional[float]:
 
 def _staircase(ax, rows: list[ParetoRow], objectives: Objectives, a: int, b: int, label: str) -> None:
     """The 2-D front of objectives a and b, as the step line it dominates to."""
-    pair = Objectives((objectives.metrics[a], objectives.metrics[b]))
-    points = [pair.minimized((r.values[a], r.values[b])) for r in rows]
-    members = sorted({(rows[i].values[a], rows[i].values[b]) for i in pareto_front(points)},
-                     key=lambda v: pair.minimized(v))
+    def minimized(values: tuple[float, float]) -> tuple[float, float]:
+        # Not Objectives((a, b)): a pair of costs is not a search's objectives (no accuracy).
+        return tuple(-v if objectives.metrics[i][1] == "maximize" else v for v, i in zip(values, (a, b)))
+
+    points = [minimized((r.values[a], r.values[b])) for r in rows]
+    members = sorted({(rows[i].values[a], rows[i].values[b]) for i in pareto_front(points)}, key=minimized)
     if len(members) > 1:
         ax.step([m[0] for m in members], [m[1] for m in members], where="post", color=FRONT_COLOR, alpha=0.5,
                 linewidth=1, label=label)
-
-
-def summary_objectives(summary: Optional[dict]) -> Optional[Objectives]:
-    """The objectives of a multi-objective search, read from its summary's front (whose values
-    name the metrics in the search's order); None for a single-metric search."""
-    front = (summary or {}).get("paretoFront") or []
-    if not front or not isinstance(front[0].get("values"), dict):
-        return None
-    names = list(front[0]["values"])
-    try:
-        objectives = Objectives(tuple((name, METRIC_GOALS.get(name, "")) for name in names))
-    except ValueError:
-        return None
-    return objectives if objectives.is_multi else None
 
 
 def write_pareto(output: str | Path, trials: list[dict], objectives: Objectives, title: str = "") -> dict[str, str]:

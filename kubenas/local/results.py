@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kubenas.files import write_atomic
+from kubenas.objectives import Objectives
 
 log = logging.getLogger("kubenas.results")
 
@@ -93,8 +94,10 @@ def _atomic_text(path: Path, text: str) -> None:
     write_atomic(path, text.encode())
 
 
-def write_results(output: str | Path, checkpoint_dir: str | Path, summary: Optional[dict] = None) -> dict[str, Any]:
-    """Write the results directory; returns what it holds (paths, best trial, counts)."""
+def write_results(output: str | Path, checkpoint_dir: str | Path, summary: Optional[dict] = None,
+                  objectives: Optional[Objectives] = None) -> dict[str, Any]:
+    """Write the results directory; returns what it holds (paths, best trial, counts). `objectives`:
+    the search's (Objectives.from_spec of its manifest); several of them add pareto.csv and .png."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     trials = read_trials(checkpoint_dir)
@@ -150,10 +153,7 @@ def write_results(output: str | Path, checkpoint_dir: str | Path, summary: Optio
         except Exception as exc:  # noqa: BLE001
             log.warning("best_cells.png not drawn: %s", exc)
 
-    from kubenas.local.pareto import summary_objectives
-
-    objectives = summary_objectives(summary)
-    if objectives is not None:  # several objectives: the front is the result, not one best
+    if objectives is not None and objectives.is_multi:  # the front is the result, not one best (even if empty)
         try:
             from kubenas.local.pareto import write_pareto
 

@@ -49,10 +49,11 @@ from typing import Any, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from kubenas.errors import KubenasError
+from kubenas.files import write_atomic
 from kubenas.local.processes import Child
 from kubenas.local.redis_server import RedisServer
 from kubenas.local.run_directory import DirectoryInUse, RunDirectory
-from kubenas.local.supernet_group import SupernetGroup, derived_path, oneshot_command_from_environment
+from kubenas.local.supernet_group import SupernetGroup, derived_is_for, derived_path, oneshot_command_from_environment
 from kubenas.manifest import load_manifest
 from kubenas.objectives import Objectives
 from kubenas.queue.keys import SearchKeys
@@ -235,6 +236,13 @@ class LocalRunner:
             if search is not None and search != ours:
                 raise KubenasError(f"--output: {out} holds the results of search {search}, not {ours}; "
                                    "choose another --output (nothing was changed)")
+        # A finished supernet is not trained again (_start_supernet): its genotypes must be this spec's.
+        artifacts = out / "artifacts"
+        if (manifest.spec.strategy.algorithm in ONE_SHOT_ALGORITHMS and derived_path(artifacts).exists()
+                and not derived_is_for(artifacts, manifest.spec)):
+            raise KubenasError(f"--output: {out} holds a supernet made for another spec ({derived_path(artifacts)}: "
+                               "strategy, searchSpace or training differ); choose another --output, or put the "
+                               "spec back (nothing was changed)")
 
     # --- the run ----------------------------------------------------------------------------
     def run(self) -> RunOutcome:
@@ -481,9 +489,11 @@ class LocalRunner:
             return
         artifacts = o.output / "artifacts"
         if derived_path(artifacts).exists():
-            return  # resumed after the supernet finished: the controller has (or reads) its genotypes
+            # Resumed after the supernet finished (of this spec: _check_output): the controller has
+            # (or reads) its genotypes.
+            return
         spec_path = o.output / "supernet-spec.json"  # the workers' input: the spec as JSON
-        spec_path.write_text(spec.model_dump_json(by_alias=True))
+        write_atomic(spec_path, spec.model_dump_json(by_alias=True).encode())
         workers = spec.one_shot.workers
         self.group = SupernetGroup(o.oneshot_command, spec_path, artifacts, workers, spec.one_shot.max_restarts,
                                    o.output / "logs", self._env, max(1, cpu_count() // workers), o.device,

@@ -9,12 +9,13 @@ which the controller hands on to stand-alone training.
 Faults, with torchrun's elastic semantics: when one worker dies the whole group is stopped
 and all N are started again (on a fresh port), each resuming from the last supernet
 checkpoint, so at most the epoch in progress is lost; at most `max_restarts` times, then the
-group has failed for good and the run stops, saying why. A worker that exits 2 (bad input)
-is not restarted: the same input would fail again.
+group has failed for good and the run stops, saying why. A worker that exits 2 (bad input, or
+a training that diverged) is not restarted: the same input would fail again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from kubenas.local.processes import Child
+from kubenas.oneshot import supernet_fingerprint
 
 # Replaces `python -m kubenas.oneshot` (split like a shell would), as KUBENAS_TRAINER_COMMAND does
 # for the trainers: a profiler wrapper, or the tests' stand-in that keeps the worker's contract.
@@ -47,6 +49,16 @@ def free_port() -> int:
 
 def derived_path(artifacts: Path) -> Path:
     return artifacts / "supernet" / "derived.json"
+
+
+def derived_is_for(artifacts: Path, spec) -> bool:
+    """Whether derived.json was made by a supernet of this spec (the fingerprint the worker
+    writes into it); False when it was not, does not say, or cannot be read."""
+    try:
+        data = json.loads(derived_path(artifacts).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("fingerprint") == supernet_fingerprint(spec)
 
 
 def worker_error(child: Child) -> Optional[str]:
@@ -84,7 +96,6 @@ class SupernetGroup:
         for rank in range(self.workers):
             env = dict(self.env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(self.workers),
                        LOCAL_WORLD_SIZE=str(self.workers), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                       TORCHELASTIC_RESTART_COUNT=str(self.restarts),
                        OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
             if self.device == "cuda" and self.gpus:  # one GPU per worker, round-robin
                 env["CUDA_VISIBLE_DEVICES"] = self.gpus[rank % len(self.gpus)]
@@ -118,7 +129,7 @@ class SupernetGroup:
         self.stop()
         error = worker_error(failed) or failed.last_error() or failed.tail(5)
         if code == BAD_INPUT:
-            self.problem = (f"the supernet's workers refused their input: {why}; {error} "
+            self.problem = (f"the supernet's workers stopped on their input or settings: {why}; {error} "
                             f"(log: {failed.log_path})")
             return False
         if self.restarts >= self.max_restarts:

@@ -198,6 +198,27 @@ def table_size(table: dict) -> NetworkSize:
     return NetworkSize(**{k: table[k] for k in NetworkSize.__dataclass_fields__ if k in table})
 
 
+def check_prices_space(table: dict, space: Any) -> None:
+    """Raise LatencyTableError unless `table` prices every genotype of the search's `space`
+    (a built SearchSpace): the same space, blocks per cell and operations."""
+    size = table_size(table)
+    if size.space != space.name:
+        raise LatencyTableError(f"the table is for the {size.space} space; the search's is {space.name}")
+    search_blocks = getattr(space, "blocks", None)  # None: nasbench201's fixed cell
+    if search_blocks is not None:
+        from kubenas.spaces import build_space
+
+        # The table's own units are checked below with its own blocks, so a mismatch would pass there.
+        table_blocks = build_space({"type": size.space, "blocks": size.blocks}).blocks
+        if table_blocks != search_blocks:
+            raise LatencyTableError(f"the table is for {table_blocks} blocks per cell; the search's searchSpace.blocks "
+                                    f"is {search_blocks}; make one with kubenas latency-table --blocks {search_blocks}")
+    missing = [k for k in space_units(size, getattr(space, "operations", None)) if k not in table["entries"]]
+    if missing:
+        raise LatencyTableError(f"the table has no entry for {missing[0]} ({len(missing)} missing); make it "
+                                f"with kubenas latency-table for this space's operations")
+
+
 def predict_latency(table: dict, genotype: dict) -> float:
     """Seconds of one forward pass of the genotype's network (the table's size, batch and device)."""
     size = table_size(table)
@@ -230,11 +251,11 @@ def parse_table(text: str | bytes, where: str = "latency table") -> dict:
         raise LatencyTableError(f"{where}: format {table.get('format')!r} is not accepted; this kubenas reads {FORMAT}")
     entries = table.get("entries")
     if not isinstance(entries, dict) or not entries or not all(
-            isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in entries.values()):
+            _is_number(v) and math.isfinite(v) and v >= 0 for v in entries.values()):
         raise LatencyTableError(f"{where}: entries must map units to non-negative seconds")
     calibration = table.get("calibration")
     scale = 1.0 if calibration is None else calibration.get("scale") if isinstance(calibration, dict) else None
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+    if not (_is_number(scale) and math.isfinite(scale) and scale > 0):
         raise LatencyTableError(f"{where}: calibration.scale must be a number above 0")
     try:
         size = table_size(table)
@@ -247,9 +268,14 @@ def parse_table(text: str | bytes, where: str = "latency table") -> dict:
         raise LatencyTableError(f"{where}: blocks {size.blocks!r} is not accepted; a whole number from 1 to 10")
     from kubenas.spaces import SPACES
 
-    if size.space not in SPACES:
+    if not isinstance(size.space, str) or size.space not in SPACES:  # a list is not hashable
         raise LatencyTableError(f"{where}: space {size.space!r} is not accepted; choose one of {sorted(SPACES)}")
     return table
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a float; JSON's true is a bool, which Python counts as the int 1."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def load_table(path: str) -> dict:

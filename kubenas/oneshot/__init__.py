@@ -4,5 +4,18 @@ supernets (kubenas/nn/supernet.py), trained data-parallel by `python -m kubenas.
 Torch is imported by the modules that need it (enas, darts, spos, worker), not here:
 `kubenas.oneshot.parameters` must stay importable without it."""
 
+import hashlib
+import json
+
 ALGORITHM_MODULES = {"enas": "kubenas.oneshot.enas:Enas", "darts": "kubenas.oneshot.darts:Darts",
                      "spos": "kubenas.oneshot.spos:Spos"}
+
+
+def supernet_fingerprint(spec) -> str:
+    """What the supernet's checkpoints and derived.json must share with the spec that reads them
+    (the worker, the runner and the controller): the algorithm, its parameters, the space and the
+    training settings; not the world size."""
+    data = {"algorithm": spec.strategy.algorithm, "parameters": spec.strategy.parameters,
+            "searchSpace": spec.search_space.model_dump(mode="json", by_alias=True),
+            "training": spec.training.model_dump(mode="json", by_alias=True, exclude={"early_stopping"})}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -28,7 +28,9 @@ class OneShotSettings:
     """Hyperparameters of a one-shot search (spec.training plus strategy.parameters)."""
 
     epochs: int = 10
-    batch_size: int = 64  # global: each of W ranks takes batch_size // W
+    # Per step over all ranks: each of W ranks takes batch_size // W (rank_batch, at least 1), so a
+    # step sees W * (batch_size // W) images, batch_size rounded down to a multiple of W.
+    batch_size: int = 64
     learning_rate: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 3e-4
@@ -45,6 +47,8 @@ class OneShotSettings:
     # enas
     policy_steps: int = 20
     policy_samples: int = 20
+    # Ten times ENAS' 3.5e-4, which is for a controller trained over many thousands of steps; a run
+    # here takes policy_steps per epoch over tens of epochs, a few hundred Adam steps (each moves ~lr).
     policy_learning_rate: float = 3.5e-3
     entropy_weight: float = 1e-4
     baseline_decay: float = 0.95
@@ -67,9 +71,9 @@ class Shards:
     rank: int = 0
     world: int = 1
 
-    def batches(self, which: str, batch: int, epoch: int, seed: int, part: Optional[tuple[int, int]] = None,
-                shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's batches of `which` (train or val); `part` = (i, n) takes the i-th of n
+    def batches(self, which: str, batch: int, epoch: int, seed: int,
+                part: Optional[tuple[int, int]] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's shuffled batches of `which` (train or val); `part` = (i, n) takes the i-th of n
         contiguous parts first (DARTS' two halves of the training data). Every rank gets the
         same number of batches (the sampler pads), so collectives stay in step."""
         x, y = (self.train_x, self.train_y) if which == "train" else (self.val_x, self.val_y)
@@ -77,13 +81,26 @@ class Shards:
             i, n = part
             size = len(x) // n
             x, y = x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]
-        sampler = DistributedSampler(range(len(x)), num_replicas=self.world, rank=self.rank, shuffle=shuffle,
+        sampler = DistributedSampler(range(len(x)), num_replicas=self.world, rank=self.rank, shuffle=True,
                                      seed=seed, drop_last=False)
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler), dtype=torch.long)
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
             yield x[idx], y[idx]
+
+    def validation_shard(self, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's part of the validation split, in order: every image exactly once over all
+        ranks (a padded sampler repeats some, and scores would depend on the world size). Ranks
+        may get different numbers of batches: no collective may run per batch."""
+        idx = torch.arange(self.rank, len(self.val_x), self.world)
+        for start in range(0, len(idx), batch):
+            part = idx[start:start + batch]
+            yield self.val_x[part], self.val_y[part]
+
+
+# Sampled paths whose validation accuracy, averaged, is an epoch's supernet accuracy (enas, spos).
+EVAL_PATHS = 3
 
 
 def rank_batch(settings: OneShotSettings, world: int) -> int:
@@ -148,8 +165,14 @@ def weight_step(ddp: nn.Module, optimizer, scheduler, xb: torch.Tensor, yb: torc
     """One data-parallel step of the shared weights; returns (loss sum, correct)."""
     logits = ddp(xb, **forward)
     loss = F.cross_entropy(logits, yb)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the supernet's training loss became {loss.item()}")
+    # Every rank decides together: a rank that raised alone would leave the others waiting in
+    # DDP's all-reduce until the timeout, and the restarted group would only diverge again.
+    diverged = all_reduce_sum([0.0 if torch.isfinite(loss) else 1.0], xb.device)[0]
+    if diverged:
+        raise FloatingPointError(
+            f"the supernet's training loss became non-finite on {int(diverged)} of {world_size()} ranks "
+            f"(this rank's: {loss.item():g}); training.learningRate {settings.learning_rate:g} is likely "
+            "too high: lower it")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(ddp.parameters(), settings.grad_clip)
@@ -178,15 +201,13 @@ def batch_statistics(net: nn.Module) -> Iterator[None]:
 
 
 def evaluate(net: Supernet, shards: Shards, batch: int, device: torch.device, *, genotype: Optional[dict] = None,
-             weights: Optional[dict] = None, running_stats: bool = False, limit: Optional[int] = None) -> tuple[float, float]:
+             weights: Optional[dict] = None, running_stats: bool = False) -> tuple[float, float]:
     """(loss, accuracy) over every rank's validation shard (all-reduced: equal on all ranks).
-    Batch statistics unless `running_stats` (after recalibration); `limit` batches per rank."""
+    Batch statistics unless `running_stats` (after recalibration)."""
     correct = loss = seen = 0.0
     context = _eval_running(net) if running_stats else batch_statistics(net)
     with torch.no_grad(), context:
-        for i, (xb, yb) in enumerate(shards.batches("val", batch, 0, 0, shuffle=False)):
-            if limit is not None and i >= limit:
-                break
+        for xb, yb in shards.validation_shard(batch):
             xb, yb = xb.to(device), yb.to(device)
             logits = net(xb, genotype=genotype, weights=weights)
             loss += float(F.cross_entropy(logits, yb, reduction="sum"))

@@ -20,6 +20,7 @@ import torch
 
 from kubenas.oneshot.base import OneShotAlgorithm, Scored
 from kubenas.oneshot.common import (
+    EVAL_PATHS,
     all_reduce_sum,
     batch_statistics,
     broadcast_from_rank0,
@@ -32,10 +33,6 @@ from kubenas.spaces import Genotype
 from kubenas.strategies.encoding import Encoding
 from kubenas.strategies.policy_gradient import PolicyLSTM
 from kubenas.training.checkpoints import load_optimizer_parts, optimizer_parts
-
-# Paths whose validation accuracy, averaged, is the epoch's supernet accuracy.
-EVAL_PATHS = 3
-
 
 class Enas(OneShotAlgorithm):
     name = "enas"

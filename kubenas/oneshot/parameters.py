@@ -22,7 +22,7 @@ ALGORITHM_PARAMETERS: dict[str, dict[str, Any]] = {
     "spos": {**_COMMON, "evolution_population": 16, "evolution_cycles": 4, "mutation_probability": 0.1},
 }
 
-# Accepted ranges, checked by the worker (a message naming strategy.parameters.<camelCase>).
+# Accepted ranges, checked by the spec (kubenas/spec.py StrategySpec, naming strategy.parameters.<camelCase>).
 BOUNDS: dict[str, tuple[float, float]] = {
     "top_k": (1, 100), "supernet_epochs": (1, 1000), "calibration_batches": (1, 1000),
     "policy_steps": (0, 100_000), "policy_samples": (1, 100_000), "policy_learning_rate": (1e-8, 10.0),

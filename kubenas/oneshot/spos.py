@@ -14,12 +14,9 @@ from __future__ import annotations
 import random
 
 from kubenas.oneshot.base import OneShotAlgorithm, Scored
-from kubenas.oneshot.common import all_reduce_sum, evaluate, rank_batch, score_genotypes, weight_step
+from kubenas.oneshot.common import EVAL_PATHS, all_reduce_sum, evaluate, rank_batch, score_genotypes, weight_step
 from kubenas.spaces import Genotype
 from kubenas.strategies.encoding import Encoding
-
-EVAL_PATHS = 3
-
 
 class Spos(OneShotAlgorithm):
     name = "spos"
@@ -47,10 +44,12 @@ class Spos(OneShotAlgorithm):
         encoding = Encoding(self.space)
         rng = random.Random(self.seed_for(10 ** 6, stream=5))
         scores: dict[str, tuple[Genotype, float]] = {}
+        tried: set[tuple[int, ...]] = set()  # index vectors (several may share one canonical hash)
 
         def score(candidates: list[list[int]]) -> None:
             fresh: dict[str, Genotype] = {}
             for indices in candidates:
+                tried.add(tuple(indices))
                 genotype = encoding.genotype(indices)
                 h = self.space.hash(genotype)
                 if h not in scores:
@@ -60,11 +59,13 @@ class Spos(OneShotAlgorithm):
 
         score([encoding.random(rng) for _ in range(s.evolution_population)])
         for _ in range(s.evolution_cycles):
+            if len(tried) >= encoding.cardinality:
+                break  # a small space is scored whole: nothing is left to find
             ranked = sorted(scores.values(), key=lambda gv: -gv[1])
             parents = [encoding.indices(g) for g, _ in ranked[:max(2, s.evolution_population // 4)]]
             children = []
             for i in range(s.evolution_population):
-                if i % 2 == 0:
+                if i % 2 == 0 or len(parents) < 2:  # crossover needs two (distinct) parents
                     child = [rng.randrange(n) if rng.random() < s.mutation_probability else v
                              for v, n in zip(rng.choice(parents), encoding.sizes)]
                     if child in parents:

@@ -14,16 +14,17 @@ Rank 0 checkpoints the supernet after every epoch (DIR/supernet/epoch-<e>.safete
 .json, atomically, the trial-checkpoint format); every rank starts from the newest one, so
 a group restarted after losing a worker loses at most the epoch in progress. At the end
 rank 0 writes DIR/supernet/derived.json:
-    {"algorithm": ..., "genotypes": [{"genotype": {...}, "hash": ..., "score": ...}, ...]}
+    {"algorithm": ..., "fingerprint": ..., "genotypes": [{"genotype": {...}, "hash": ..., "score": ...}, ...]}
+(the fingerprint of the spec it was made for: kubenas.oneshot.supernet_fingerprint).
 Progress goes to stderr as `kubenas-oneshot rank=R event=... key=value ...` lines.
-Exit codes: 0 done, 2 bad input (the message names the field), 1 any other failure.
+Exit codes: 0 done, 2 bad input (the message names the field; a diverged training too, which
+names training.learningRate), 1 any other failure.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import importlib
 import json
 import math
@@ -37,8 +38,7 @@ from typing import Any, Mapping, Optional
 
 from kubenas.errors import DatasetError, InvalidSpec, describe_validation_error
 from kubenas.files import read_bounded, write_atomic
-from kubenas.oneshot import ALGORITHM_MODULES
-from kubenas.oneshot.parameters import ALGORITHM_PARAMETERS, BOUNDS
+from kubenas.oneshot import ALGORITHM_MODULES, supernet_fingerprint
 from kubenas.training.checkpoints import TrialCheckpointStore
 
 DEFAULT_TIMEOUT = 120.0
@@ -133,7 +133,7 @@ def read_spec(path: Path):
 def settings_from_spec(spec) -> tuple[str, Any]:
     """The algorithm and its OneShotSettings, or BadInput naming the field."""
     from kubenas.oneshot.common import OneShotSettings
-    from kubenas.spec import strategy_keyword
+    from kubenas.spec import strategy_keyword_arguments
 
     algorithm = spec.strategy.algorithm
     if algorithm not in ALGORITHM_MODULES:
@@ -146,36 +146,14 @@ def settings_from_spec(spec) -> tuple[str, Any]:
     if getattr(spec.training, "skeleton", "cifar") != "cifar":
         raise BadInput(f"training.skeleton: {spec.training.skeleton!r} is not accepted for {algorithm}; "
                        "supernets use the cifar skeleton")
-    accepted = ALGORITHM_PARAMETERS[algorithm]
-    chosen: dict[str, Any] = {}
-    for name, value in spec.strategy.parameters.items():
-        keyword = strategy_keyword(name)
-        if keyword not in accepted:
-            raise BadInput(f"strategy.parameters.{name}: {algorithm} has no such parameter; accepted: "
-                           f"{sorted(accepted)}")
-        low, high = BOUNDS[keyword]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise BadInput(f"strategy.parameters.{name}: {value!r} is not accepted; give a number in "
-                           f"[{low:g}, {high:g}]")
-        if isinstance(accepted[keyword], int) or keyword == "supernet_epochs":
-            if value != int(value):
-                raise BadInput(f"strategy.parameters.{name}: {value!r} is not accepted; give an integer")
-            value = int(value)
-        chosen[keyword] = value
+    # Names, types and ranges were checked by the spec (kubenas/spec.py StrategySpec).
+    chosen = strategy_keyword_arguments(spec.strategy.parameters)
     t = spec.training
     epochs = chosen.pop("supernet_epochs", None) or t.epochs
     known = {f.name for f in fields(OneShotSettings)}
     settings = OneShotSettings(epochs=epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
                                momentum=t.momentum, weight_decay=t.weight_decay, seed=t.seed)
     return algorithm, replace(settings, **{k: v for k, v in chosen.items() if k in known})
-
-
-def fingerprint(spec, algorithm: str) -> str:
-    """What a checkpoint must share with the run that continues it (not the world size)."""
-    data = {"algorithm": algorithm, "parameters": spec.strategy.parameters,
-            "searchSpace": spec.search_space.model_dump(mode="json", by_alias=True),
-            "training": spec.training.model_dump(mode="json", by_alias=True, exclude={"early_stopping"})}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -203,8 +181,9 @@ def main(argv: Optional[list[str]] = None, env: Optional[Mapping[str, str]] = No
         # A broken process group may block in its destructor: leave at once.
         os._exit(1)
     except FloatingPointError as exc:
+        # Bad settings, not a fault: a restart from the last checkpoint would diverge again.
         fail(rank, f"training diverged: {exc}")
-        return _leave(1)
+        return _leave(2)
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, then the traceback
         fail(rank, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         traceback.print_exc(file=sys.stderr)
@@ -310,7 +289,7 @@ def run(args, group: Group, spec, algorithm: str, settings) -> int:
     device = _device(args.device, group)
     data, shards = _load_data(spec, group)
     store = SupernetStore(args.artifacts)
-    fp = fingerprint(spec, algorithm)
+    fp = supernet_fingerprint(spec)
     torch.manual_seed(settings.seed)
     cfg = ModelConfig(channels=spec.training.channels, cells_per_stage=spec.training.cells_per_stage,
                       num_classes=data.num_classes, in_channels=data.input_shape[0])
@@ -336,7 +315,7 @@ def run(args, group: Group, spec, algorithm: str, settings) -> int:
         derived = top_distinct(space, algo.derive(), settings.top_k, by_score=algo.rank_by_score)
         if group.rank == 0:
             write_json(args.artifacts / "supernet" / "derived.json",
-                       {"algorithm": algorithm, "genotypes": derived, "epochs": settings.epochs,
+                       {"algorithm": algorithm, "fingerprint": fp, "genotypes": derived, "epochs": settings.epochs,
                         "seconds": time.perf_counter() - started})
         log(group.rank, "derived", count=len(derived), best_score=derived[0]["score"] if derived else math.nan)
         dist.barrier()

@@ -61,6 +61,13 @@ class NSGA2(TPE):
         return self.storage.get_study_id_from_name(self.study.study_name)
 
     # --- the contract ---------------------------------------------------------------------
+    def _injected(self, trial: Trial) -> None:
+        super()._injected(trial)
+        # Optuna gives a trial its generation when it samples it, and its populations hold only
+        # trials with one; an injected trial is never sampled, so it joins the current one here.
+        added = self.study.get_trials(deepcopy=False)[-1]
+        self.study.sampler.get_trial_generation(self.study, added)
+
     def _observe(self, trial: Trial, result: Result) -> None:
         number = self.number[trial.id]
         record = self.records[number]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -36,6 +37,8 @@ from kubenas.files import write_atomic
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the controller prunes without it
     import torch
+
+log = logging.getLogger("kubenas.checkpoints")
 
 FORMAT = "kubenas-trial-checkpoint/1"
 TRIAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")  # as kubenas.queue.messages.TRIAL_ID_PATTERN
@@ -338,7 +341,13 @@ def restore(checkpoint: TrialCheckpoint, model: torch.nn.Module,
             optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
             generator: Optional[torch.Generator] = None) -> None:
     """Load a checkpoint into live training objects, checking that it fits them first
-    (CheckpointInvalid, with nothing changed, when it does not)."""
+    (CheckpointInvalid, with nothing changed, when it does not).
+
+    The batch-order generator lives on the GPU or the CPU depending on the free GPU memory,
+    so a checkpoint may hold a generator state of the other kind (CUDA: 16 bytes, CPU: 5056).
+    That is no reason to throw the checkpoint away: the generator is then re-seeded from
+    (its seed, epoch, step), deterministically, with a logged note; only the batch order and
+    augmentation draws after the resume differ from an uninterrupted run."""
     import torch
 
     check_model_fits(checkpoint, model)
@@ -352,22 +361,35 @@ def restore(checkpoint: TrialCheckpoint, model: torch.nn.Module,
             if set(checkpoint.scheduler) != set(probe):
                 raise CheckpointInvalid("corrupt", f"trial {checkpoint.trial_id}: the learning-rate schedule state "
                                                    f"has keys {sorted(checkpoint.scheduler)[:6]}")
+        # Everything is checked before anything changes: a refused checkpoint leaves the objects as they were.
         torch_cpu = checkpoint.rng_tensors.get("torch_cpu")
-        if torch_cpu is None or torch_cpu.dtype != torch.uint8:
+        if torch_cpu is None or torch_cpu.dtype != torch.uint8 or torch_cpu.shape != torch.get_rng_state().shape:
             raise CheckpointInvalid("corrupt", f"trial {checkpoint.trial_id}: no torch RNG state")
-        cuda_states = _cuda_rng_states(checkpoint)  # checked before anything changes
+        cuda_states = _cuda_rng_states(checkpoint)
+        generator_state = _generator_state(checkpoint, generator)
+        python_state = _python_rng_state(checkpoint.rng.get("python"))
+        numpy_state = _numpy_rng_state(checkpoint.rng.get("numpy"))
         model.load_state_dict(checkpoint.model, strict=True)
         if optimizer is not None:
             optimizer.load_state_dict(opt_state)
         if scheduler is not None:
             scheduler.load_state_dict(dict(checkpoint.scheduler))
         torch.set_rng_state(torch_cpu)
-        if generator is not None and "generator" in checkpoint.rng_tensors:
-            generator.set_state(checkpoint.rng_tensors["generator"])
+        if generator_state is not None:
+            generator.set_state(generator_state)
+        elif generator is not None and "generator" in checkpoint.rng_tensors:  # another device's generator
+            seed = (generator.initial_seed() * 1_000_003 + checkpoint.epoch * 1_009 + checkpoint.step) % 2 ** 63
+            generator.manual_seed(seed)
+            log.info("trial %s: the checkpoint's batch-order generator is of another device; re-seeded it from "
+                     "(seed, epoch %d, step %d)", checkpoint.trial_id, checkpoint.epoch, checkpoint.step)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)
-        _set_python_rng(checkpoint.rng.get("python"))
-        _set_numpy_rng(checkpoint.rng.get("numpy"))
+        if python_state is not None:
+            random.setstate(python_state)
+        if numpy_state is not None:
+            import numpy as np
+
+            np.random.set_state(numpy_state)
     except CheckpointInvalid:
         raise
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
@@ -491,11 +513,14 @@ def _python_rng_json() -> list[Any]:
     return [version, list(state), gauss]
 
 
-def _set_python_rng(value: Any) -> None:
+def _python_rng_state(value: Any) -> Optional[tuple[Any, ...]]:
+    """The saved state of Python's RNG, checked on a scratch generator (None: none saved)."""
     if value is None:
-        return
+        return None
     version, state, gauss = value
-    random.setstate((version, tuple(state), gauss))
+    parsed = (version, tuple(state), gauss)
+    random.Random().setstate(parsed)  # raises on a malformed state, before anything changes
+    return parsed
 
 
 def _numpy_rng_json() -> Optional[list[Any]]:
@@ -507,13 +532,29 @@ def _numpy_rng_json() -> Optional[list[Any]]:
     return [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
 
 
-def _set_numpy_rng(value: Any) -> None:
+def _numpy_rng_state(value: Any) -> Optional[tuple[Any, ...]]:
+    """The saved state of numpy's global RNG, checked on a scratch generator (None: none saved)."""
     if value is None:
-        return
+        return None
     import numpy as np
 
     name, keys, pos, has_gauss, cached = value
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    parsed = (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+    np.random.RandomState().set_state(parsed)  # raises on a malformed state, before anything changes
+    return parsed
+
+
+def _generator_state(checkpoint: TrialCheckpoint, generator: Optional[torch.Generator]) -> Optional[torch.Tensor]:
+    """The batch-order generator's saved state when it fits `generator`; None when there is no
+    generator or no saved state, or when the state is of another device's kind (its size differs)."""
+    import torch
+
+    state = checkpoint.rng_tensors.get("generator")
+    if generator is None or state is None:
+        return None
+    if state.dtype != torch.uint8 or state.dim() != 1:
+        raise CheckpointInvalid("corrupt", f"trial {checkpoint.trial_id}: a generator state that is no byte vector")
+    return state if state.shape == generator.get_state().shape else None
 
 
 def _size(path: Path) -> int:

@@ -198,12 +198,13 @@ def _decode(samples: list[Sample], resolution: int) -> tuple[torch.Tensor, torch
 
 
 def _verify(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
-    """Check each file's header and checksums without decoding it (datasets read from disk)."""
+    """Decode each file once and keep none of it (datasets read from disk). Image.verify() is not
+    enough: it passes a JPEG cut inside its image data, which then fails in the middle of training."""
     good, bad = [], []
     for path, label in samples:
         try:
             with Image.open(path) as image:
-                image.verify()
+                image.load()
         except Exception as exc:  # noqa: BLE001 - as in _decode
             bad.append((path, _why(exc)))
             continue

@@ -276,6 +276,12 @@ def train_proxy(
                                                    f"batch order")
             mid = start.progress.get("epoch_sums") or [0.0, 0, 0]
             sums = (float(mid[0]), int(mid[1]), int(mid[2]))
+    # The trial's training time before this process (trainingSeconds counts the trial's, not the attempt's);
+    # checkpoints written before it was kept have none.
+    earlier_seconds = 0.0 if start is None else start.progress.get("train_seconds", 0.0)
+    if type(earlier_seconds) not in (int, float) or not 0 <= earlier_seconds < math.inf:
+        raise CheckpointInvalid("corrupt", f"trial {start.trial_id}: train_seconds {earlier_seconds!r} is not "
+                                           f"a number of seconds")
     started = time.perf_counter()
     saved_at = time.monotonic()
 
@@ -283,7 +289,8 @@ def train_proxy(
         nonlocal saved_at
         if on_checkpoint is None:
             return
-        progress = {"curve": [asdict(r) for r in curve], "best": max((r.val_acc for r in curve), default=None)}
+        progress = {"curve": [asdict(r) for r in curve], "best": max((r.val_acc for r in curve), default=None),
+                    "train_seconds": earlier_seconds + time.perf_counter() - started}
         if step:
             progress["epoch_sums"] = [loss_sum, correct, seen]
         on_checkpoint(capture("", epoch, model, "", _resume_fields(cfg), optimizer, scheduler, gen, progress,
@@ -292,7 +299,8 @@ def train_proxy(
 
     def outcome(status, reward, reason=None) -> TrainOutcome:
         return TrainOutcome(status=status, reward=reward, curve=curve, reason=reason, parameters=params,
-                            multiply_adds=madds, seconds=time.perf_counter() - started, device=str(device))
+                            multiply_adds=madds, seconds=earlier_seconds + time.perf_counter() - started,
+                            device=str(device))
 
     # Drop-path rises over the same span as the learning-rate schedule (a PBT member's epochs).
     total_steps = (cfg.schedule_epochs or cfg.epochs) * steps_per_epoch

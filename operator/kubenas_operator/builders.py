@@ -707,7 +707,8 @@ def build_supernet_job_spec(ref: SearchRef, manifest: ArchitectureSearch, images
             # One group restart fails up to every worker's pod (the lost one, then its peers timing out).
             "backoffLimit": one_shot.workers * one_shot.max_restarts,
             "podFailurePolicy": {"rules": [
-                # Exit 2: the worker refused its input; the same input fails again, so fail now.
+                # Exit 2: the worker refused its input or its training diverged (training.learningRate);
+                # the same input fails again, so fail now.
                 {"action": "FailJob", "onExitCodes": {"containerName": "worker", "operator": "In", "values": [2]}},
                 # A preempted or evicted pod is no fault of the workers: not counted.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},

@@ -101,6 +101,9 @@ BAD = [
     ("enas-with-early-stopping", {"strategy": {"algorithm": "enas"}, "training": {"earlyStopping": {"algorithm": "asha"}}},
      "training.earlyStopping.algorithm: must be none with strategy.algorithm enas, darts or spos", True),
     ("quoted-number", {"budget": {"maxTrials": "10"}}, "spec.budget.maxTrials", True),
+    ("metrics-without-accuracy", {"strategy": {"algorithm": "tpe"},
+                                  "objective": {"metrics": [{"name": "parameters", "goal": "minimize"}]}},
+     "objective.metrics: validationAccuracy must be one of the metrics", True),
 ]
 
 

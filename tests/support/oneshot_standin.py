@@ -76,11 +76,12 @@ def main() -> int:
             tmp = out / f".epoch-{epoch}.safetensors.tmp"
             save_file({"w": weight}, str(tmp))
             os.replace(tmp, out / f"epoch-{epoch}.safetensors")
-            (out / f"epoch-{epoch}.json").write_text(json.dumps({"epoch": epoch, "epochs": epochs}))
+            (out / f"epoch-{epoch}.json").write_text(json.dumps({"epoch": epoch, "progress": {"epochs": epochs}}))
         if world > 1:
             dist.barrier()
         print(f"rank {rank}: epoch {epoch} done", flush=True)
     if rank == 0:
+        from kubenas.oneshot import supernet_fingerprint
         from kubenas.spaces import build_space
 
         space = build_space(spec.search_space)
@@ -93,7 +94,8 @@ def main() -> int:
                 seen.add(digest)
                 genotypes.append({"genotype": genotype, "hash": digest, "score": 0.5 - 0.01 * len(genotypes)})
         tmp = out / ".derived.json.tmp"
-        tmp.write_text(json.dumps({"algorithm": spec.strategy.algorithm, "genotypes": genotypes}))
+        tmp.write_text(json.dumps({"algorithm": spec.strategy.algorithm, "fingerprint": supernet_fingerprint(spec),
+                                   "genotypes": genotypes}))
         os.replace(tmp, out / "derived.json")
     if world > 1:
         dist.barrier()

@@ -245,6 +245,28 @@ def test_a_failing_onnx_export_keeps_the_torchscript_and_says_so(tmp_path, capsy
     assert not (out_dir / "model.onnx").exists()
 
 
+@pytest.mark.parametrize("description,fragment", [
+    ({"model_config": {"channels": 8, "width_mult": 2}}, "model_config.width_mult: unknown field"),
+    ({"model_config": ["not", "a", "mapping"]}, "model_config is not a mapping (got list)"),
+    ({"model_config": {"channels": "8"}}, "model_config.channels: '8' is not accepted"),
+    ({"model_config": {"auxiliary": 1}}, "model_config.auxiliary: 1 is not accepted"),
+    ({"model_config": {"drop_path": 2.0}}, "model_config.drop_path: 2.0 is not accepted"),
+    ({"model_config": {"skeleton": "vgg"}}, "model_config.skeleton: 'vgg' is not accepted"),
+    ({"model_config": {"channels": 4}, "input_shape": 3}, "input_shape 3 is not accepted"),
+    ({"model_config": {"channels": 4}, "preprocessing": [0.5]}, "preprocessing is not a mapping"),
+], ids=["unknown-key", "list", "string-int", "int-bool", "drop-path", "skeleton", "input-shape", "preprocessing"])
+def test_malformed_metadata_in_a_weights_file_is_one_line_naming_the_file_and_field(tmp_path, capsys,
+                                                                                     description, fragment):
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(1)}, str(weights), metadata={ex.WEIGHTS_METADATA_KEY: json.dumps(description)})
+    genotype = tmp_path / "g.json"
+    genotype.write_text(json.dumps(NB201))
+    _one_line_error(*_cli(capsys, str(genotype), "--weights", str(weights), "-o", str(tmp_path / "out")),
+                    f"--weights: {weights}: the metadata's {fragment}")
+
+
 # --- sample | describe | train, and what they refuse ----------------------------------------
 
 def _run(capsys, monkeypatch, argv, stdin: bytes | None = None):

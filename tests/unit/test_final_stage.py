@@ -90,6 +90,31 @@ def test_final_genotype_drops_the_searched_hyperparameters_the_recipe_sets():
     assert final_genotype({"space": "nasbench201", "cell": "x"}) == {"space": "nasbench201", "cell": "x"}
 
 
+def test_a_final_learning_rate_wins_over_a_searched_one(tmp_path):
+    import redis
+
+    from kubenas.queue.keys import SearchKeys
+    from kubenas.training import TrainConfig
+    from kubenas_controller.controller import Controller
+
+    genotype = {"space": "nasbench201", "cell": "x", "hparams": {"learningRate": 0.02, "momentum": 0.8}}
+
+    def final_learning_rate(final: dict) -> float:
+        spec = ArchitectureSearchSpec.model_validate({
+            "searchSpace": {"type": "nasbench201"}, "training": {"learningRate": 0.1, "dataset": {"name": "digits"}},
+            "final": final})
+        controller = Controller(spec, SearchKeys("ns", "s"), redis.Redis(port=1), str(tmp_path))  # no Redis reached
+        message = controller._final_message({"id": "final-aaaaaaaa", "genotype": genotype})
+        # As the trainer does: the trial's training settings, then the genotype's hparams on top.
+        cfg = TrainConfig(learning_rate=message.training.learning_rate, momentum=message.training.momentum)
+        cfg = cfg.with_hparams(message.genotype["hparams"])
+        assert cfg.momentum == 0.8  # the other searched hyperparameters stay
+        return cfg.learning_rate
+
+    assert final_learning_rate({"learningRate": 0.005}) == 0.005
+    assert final_learning_rate({}) == 0.02  # no final learning rate: the searched one is the candidate's
+
+
 def test_final_spec_refuses_bad_values_naming_the_field():
     with pytest.raises(ValueError, match="topK"):
         ArchitectureSearchSpec.model_validate({"final": {"topK": 0}})
@@ -379,3 +404,100 @@ def test_kubenas_export_weights_rebuilds_the_trained_network_from_the_file(tmp_p
                  "--classes", "7", "--output", str(tmp_path / "wrong")])
     err = capsys.readouterr().err
     assert code != 0 and "--classes: 7 is not what" in err and "Traceback" not in err
+
+
+# --- a final trial on the trainer: test, export, and what must not end it ----------------------
+
+def _digits_tree(root):
+    from benchmarks import make_digits_imagefolder as make_digits
+
+    make_digits.write_digits_imagefolder(root, size=16, limit=200)
+    return root
+
+
+def _final_trainer(tmp_path, artifacts: bool = True):
+    import redis
+
+    from kubenas.queue.keys import SearchKeys
+    from kubenas_trainer.trainer import Trainer, TrainerOptions
+
+    # No Redis is reached: _train is the trainer's whole training step, export included.
+    trainer = Trainer(redis.Redis(port=1, socket_connect_timeout=0.2), SearchKeys("ns", "s"),
+                      TrainerOptions(consumer="t0", device="cpu", threads=1,
+                                     artifacts=str(tmp_path / "artifacts") if artifacts else None))
+    trainer._on_epoch = lambda claim, report: True  # the progress stream needs Redis
+    return trainer
+
+
+def _final_claim(root, trial_id: str = "final-aaaaaaaa"):
+    training = TrainingSpec.model_validate({
+        "epochs": 1, "channels": 4, "cellsPerStage": 1, "batchSize": 32,
+        "dataset": {"name": "imagefolder", "root": str(root), "resolution": 16}})
+
+    class Claim:
+        trial = TrialMessage(search=SEARCH, trial_id=trial_id, genotype=GENOTYPE, epochs=1, training=training,
+                             final=True)
+        entry_id, attempt, reclaimed = "1-0", 1, False
+
+    return Claim()
+
+
+def test_a_test_image_unreadable_while_testing_keeps_the_trained_final_model(tmp_path, monkeypatch, caplog):
+    import logging
+    from pathlib import Path
+
+    from kubenas.training import datasets
+
+    root = _digits_tree(tmp_path / "digits")
+    real = datasets.load_test_split
+
+    def then_cut_one(spec):  # a file that goes bad after the scan (a flaky volume, a file replaced)
+        test = real(spec)
+        path = Path(test.dataset.samples[0][0])
+        path.write_bytes(path.read_bytes()[:path.stat().st_size * 4 // 5])
+        return test
+
+    monkeypatch.setattr(datasets, "load_test_split", then_cut_one)
+    trainer = _final_trainer(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="kubenas.trainer"):
+        outcome = trainer._train(_final_claim(root))
+    assert outcome.status == "succeeded" and outcome.test_accuracy is None and outcome.test_images is None
+    assert (Path(outcome.export_path) / "model.safetensors").exists()  # trained and exported all the same
+    assert "no test accuracy" in caplog.text and "became unreadable" in caplog.text
+
+
+def test_a_final_trial_without_an_artifact_store_fails_at_once_and_is_never_retried(tmp_path):
+    trainer = _final_trainer(tmp_path, artifacts=False)
+    posted, retried = [], []
+    trainer._post = lambda claim, result: posted.append(result) or True
+    trainer.queue.retry_later = lambda claim, error: retried.append(error) or True
+    trainer._work(_final_claim(tmp_path / "no-data-needed"))
+    assert not retried and len(posted) == 1
+    assert posted[0].status == "failed" and "no artifact store" in posted[0].error
+    assert trainer._dataset is None  # refused before loading data, let alone training
+
+
+def test_the_final_export_starts_from_an_empty_staging_directory_and_never_follows_a_lost_lease(tmp_path):
+    import os
+    from pathlib import Path
+
+    from kubenas.training import TrialInterrupted
+
+    root = _digits_tree(tmp_path / "digits")
+    final = tmp_path / "artifacts" / "final"
+    staging = final / f".final-aaaaaaaa.{os.getpid()}"  # left by an earlier process with the same pid
+    staging.mkdir(parents=True)
+    (staging / "left-by-an-earlier-run").write_text("stale")
+    trainer = _final_trainer(tmp_path)
+    out = Path(trainer._train(_final_claim(root)).export_path)
+    assert out == final / "final-aaaaaaaa" and (out / "model.safetensors").exists()
+    assert not (out / "left-by-an-earlier-run").exists() and not staging.exists()
+
+    def lose_the_lease(claim, report):  # the heartbeat found another trainer owns the trial
+        trainer.lost.set()
+        return True
+
+    trainer._on_epoch = lose_the_lease
+    with pytest.raises(TrialInterrupted, match="lease lost"):
+        trainer._train(_final_claim(root, "final-bbbbbbbb"))
+    assert sorted(p.name for p in final.iterdir()) == ["final-aaaaaaaa"]  # nothing written for the lost trial

@@ -121,6 +121,40 @@ def test_the_held_out_test_split_is_un_normalised_rgb_and_never_trained_on(tree,
         load_test_split(_spec(single))
 
 
+def _jpeg_tree(root: Path) -> Path:
+    """train/ validation/ test/ of random 40x40 JPEGs, two classes of six each."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part in ("train", "validation", "test"):
+        for name in ("a", "b"):
+            (root / part / name).mkdir(parents=True)
+            for i in range(6):
+                pixels = (rng.random((40, 40, 3)) * 255).astype("uint8")
+                Image.fromarray(pixels).save(root / part / name / f"{i}.jpg")
+    return root
+
+
+def _cut(path: Path) -> None:
+    """Cut a JPEG inside its image data: the header and Image.verify() still pass, decoding fails."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 4 // 5])
+
+
+def test_a_jpeg_cut_inside_its_image_data_is_a_skip_when_read_from_disk(tmp_path):
+    root = _jpeg_tree(tmp_path / "jpegs")
+    _cut(root / "test" / "a" / "0.jpg")
+    _cut(root / "train" / "b" / "1.jpg")
+    test = load_test_split(_spec(root))
+    assert [Path(p).name for p, _ in test.skipped] == ["0.jpg"] and len(test.dataset) == 11
+    x, y = test.tensors()  # every image the scan kept can be read
+    assert len(x) == len(y) == 11
+    data = load_dataset_spec(_spec(root, cacheLimitMiB=0))
+    assert data.streamed and [Path(p).name for p, _ in data.skipped] == ["1.jpg"]
+    assert len([data.train_set[i] for i in range(len(data.train_set))]) == 11
+
+
 def test_augmentation_as_asked_crops_flips_and_cuts_out_a_square():
     x = torch.ones(4, 3, 16, 16)
     gen = torch.Generator().manual_seed(0)

@@ -6,8 +6,8 @@ import torch
 
 from kubenas.cli import main
 from kubenas.nn import ModelConfig, build_model, count_parameters, multiply_adds
-from kubenas.nn.latency_table import (LatencyTableError, NetworkSize, load_table, make_table, network_units,
-                                      parse_table, predict_latency, space_units, unit_module)
+from kubenas.nn.latency_table import (LatencyTableError, NetworkSize, check_prices_space, load_table, make_table,
+                                      network_units, parse_table, predict_latency, space_units, unit_module)
 from kubenas.spaces import build_space
 
 torch.set_num_threads(1)
@@ -80,10 +80,15 @@ def test_prediction_is_the_sum_of_the_genotypes_entries():
 
 def test_the_command_writes_a_table_that_prices_genotypes(tmp_path, capsys):
     path = tmp_path / "cpu.json"
+    path.write_text("an older table\n")
+    old_inode = path.stat().st_ino
     code = main(["latency-table", "--device", "cpu", "--space", "nasbench201", "--resolution", "8",
                  "--channels", "4", "--cells-per-stage", "1", "--in-channels", "1", "--repeats", "2",
                  "--batch", "3", "--calibrate", "2", "--output", str(path)])
     assert code == 0
+    # Replaced by a rename, not rewritten in place: a search reading the old table never sees half a new one.
+    assert path.stat().st_ino != old_inode
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "cpu.json"]  # no temporary file left
     table = load_table(str(path))
     assert (table["device"], table["torch"], table["batch"], table["resolution"]) == ("cpu", torch.__version__, 3, 8)
     assert set(table["entries"]) == set(space_units(NetworkSize(resolution=8, in_channels=1, channels=4,
@@ -104,6 +109,30 @@ def test_the_command_refuses_bad_input_in_one_line(args, says, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
+
+
+def test_a_cuda_index_this_machine_lacks_is_refused_naming_the_device(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    code = main(["latency-table", "--space", "nasbench201", "--resolution", "8", "--device", "cuda:9"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--device: cuda:9" in err and "2 CUDA device(s)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("table_blocks, search_blocks", [(None, 7), (None, 3), (6, None), (5, 5)])
+def test_a_table_made_for_other_blocks_per_cell_is_refused(table_blocks, search_blocks):
+    # Each table has every unit of its own size, so only the blocks check can tell them apart.
+    size = NetworkSize(space="darts", resolution=8, in_channels=1, channels=4, cells_per_stage=1, blocks=table_blocks)
+    table = make_table(size, "cpu", "x", {k: 1e-5 for k in space_units(size)}, repeats=1)
+    space = build_space({"type": "darts", "blocks": search_blocks})
+    if (table_blocks or 4) == (search_blocks or 4):  # darts' default is 4 blocks
+        check_prices_space(table, space)
+        predict_latency(table, space.sample(random.Random(0)))
+        return
+    with pytest.raises(LatencyTableError, match=f"for {table_blocks or 4} blocks per cell; the search's "
+                                                f"searchSpace.blocks is {search_blocks or 4}"):
+        check_prices_space(table, space)
 
 
 def test_a_table_for_another_size_or_space_is_refused_by_name():
@@ -128,6 +157,12 @@ def test_a_table_for_another_size_or_space_is_refused_by_name():
      "channels '16' is not accepted"),
     (json.dumps({"kind": "kubenas-latency-table", "format": 1, "entries": {"a": 1}, "calibration": {"scale": -1}}),
      "calibration.scale must be a number above 0"),
+    # JSON true is a Python int; a list is not hashable: both refused by name, never a TypeError.
+    (json.dumps({"kind": "kubenas-latency-table", "format": 1, "entries": {"a": True}}), "non-negative seconds"),
+    (json.dumps({"kind": "kubenas-latency-table", "format": 1, "entries": {"a": 1}, "calibration": {"scale": True}}),
+     "calibration.scale must be a number above 0"),
+    (json.dumps({"kind": "kubenas-latency-table", "format": 1, "entries": {"a": 1}, "space": ["nasbench201"]}),
+     r"space \['nasbench201'\] is not accepted"),
 ])
 def test_unreadable_tables_are_refused_with_the_reason(text, says):
     with pytest.raises(LatencyTableError, match=says):

@@ -60,24 +60,39 @@ CASES = [
     ("run-table-other-space", ["run", "{F}/other-space.yaml", "--output", "{OUT}"], "for the darts space"),
     ("run-table-missing-entries", ["run", "{F}/missing-entries.yaml", "--output", "{OUT}"], "has no entry for"),
     ("run-five-metrics", ["run", "{F}/five.yaml", "--output", "{OUT}"], "objective.metrics: List should have at most 4"),
+    ("run-cost-alone", ["run", "{F}/cost-alone.yaml", "--output", "{OUT}"],
+     "objective.metrics: validationAccuracy must be one of the metrics"),
+    ("run-table-other-blocks", ["run", "{F}/other-blocks.yaml", "--output", "{OUT}"],
+     "the table is for 4 blocks per cell; the search's searchSpace.blocks is 7"),
     ("bench-unknown-metric", ["bench", "strategies", "--table", "{F}/t.csv", "--objectives", "validationAccuracy:max,size:min"],
      "--objectives: unknown metric 'size'"),
     ("bench-accuracy-minimized", ["bench", "strategies", "--table", "{F}/t.csv", "--objectives", "validationAccuracy:min"],
      "--objectives: validationAccuracy can only be maximized"),
     ("bench-goal-word", ["bench", "strategies", "--table", "{F}/t.csv", "--objectives", "parameters:smallest"],
      "--objectives: 'parameters:smallest' is not NAME:max or NAME:min"),
+    ("bench-cost-alone", ["bench", "strategies", "--table", "{F}/t.csv", "--objectives", "parameters:min"],
+     "--objectives: validationAccuracy must be one of the metrics"),
+    ("bench-unknown-metric-no-goal", ["bench", "strategies", "--table", "{F}/t.csv", "--objectives", "flops"],
+     "--objectives: unknown metric 'flops'"),
     ("bench-empty", ["bench", "strategies", "--table", "{F}/t.csv", "--objectives", ""], "--objectives"),
 ]
 
 
 def write_files(files: Path) -> None:
-    tables = {"not-json": "latency, but as prose\n", "other-space": table_json(NetworkSize(space="darts", resolution=8)),
-              "missing-entries": table_json(SMALL, drop=1)}
+    darts = table_json(NetworkSize(space="darts", resolution=8))  # darts' default blocks per cell: 4
+    tables = {"not-json": "latency, but as prose\n", "other-space": darts,
+              "missing-entries": table_json(SMALL, drop=1), "other-blocks": darts}
     for name, text in tables.items():
         (files / f"{name}.json").write_text(text)
         search = json.loads(json.dumps(SEARCH))
         search["spec"]["objective"]["latency"]["table"] = str(files / f"{name}.json")
+        if name == "other-blocks":
+            search["spec"]["searchSpace"] = {"type": "darts", "blocks": 7}
         (files / f"{name}.yaml").write_text(yaml.safe_dump(search))
+    cost_alone = json.loads(json.dumps(SEARCH))
+    cost_alone["spec"]["objective"] = {"metrics": [{"name": "parameters", "goal": "minimize"}]}
+    cost_alone["spec"]["strategy"] = {"algorithm": "tpe"}
+    (files / "cost-alone.yaml").write_text(yaml.safe_dump(cost_alone))
     five = json.loads(json.dumps(SEARCH))
     five["spec"]["objective"] = {"metrics": FIVE_METRICS}
     (files / "five.yaml").write_text(yaml.safe_dump(five))

@@ -151,6 +151,34 @@ def test_a_restored_strategy_proposes_what_the_uninterrupted_one_would(name):
     assert drive(b, evaluate, 15, rng_b, running_b) == expected
 
 
+def test_nsga2_breeds_from_the_architectures_injected_into_it():
+    """Trials the dedup layer injects join NSGA-II's current generation, and keep it across a restore."""
+    evaluate, _ = toy_problem()
+
+    def build():
+        return make_strategy("nsga2", NB201, seed=0, objectives=TWO, population=4)
+
+    strategy, rng = build(), random.Random(0)
+    injected = [strategy.inject(NB201.sample(rng)) for _ in range(4)]
+
+    def tell(trials):
+        for trial in trials:
+            accuracy, cost = evaluate(trial.genotype)
+            strategy.tell(trial.id, Result(accuracy, cost=cost))
+
+    tell(injected)
+    tell(strategy.ask(4))  # generation 1, bred from the injected four
+    sampler, study = strategy.study.sampler, strategy.study
+    assert sorted(t.number for t in sampler.get_population(study, 0)) == [0, 1, 2, 3]
+    parents = {t.number for t in sampler.get_parent_population(study, 1)}
+    assert parents and parents <= {0, 1, 2, 3}
+    saved = json.loads(json.dumps(strategy.state_dict()))
+    assert [r["generation"] for r in saved["records"]] == [0, 0, 0, 0, 1, 1, 1, 1]
+    restored = build()
+    restored.load_state_dict(saved)
+    assert restored.state_dict() == saved
+
+
 def test_single_objective_behaviour_is_unchanged():
     """One metric: evolution and local search propose exactly what they proposed before objectives existed."""
     evaluate, _ = toy_problem()
@@ -180,7 +208,7 @@ def test_a_single_metric_strategy_refuses_several_objectives(name):
 
 def test_the_controller_builds_the_strategy_with_the_manifests_objectives():
     from kubenas.manifest import parse_manifest
-    from kubenas_controller.strategy import build_strategy, measures_latency
+    from kubenas_controller.strategy import build_strategy
 
     search = parse_manifest({
         "apiVersion": "kubenas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "x"},
@@ -191,7 +219,20 @@ def test_the_controller_builds_the_strategy_with_the_manifests_objectives():
     inner = strategy.inner  # under the dedup layer
     assert inner.name == "nsga2" and inner.objectives.names == ("validationAccuracy", "latency")
     assert inner.ga_options["population_size"] == 8 and inner.ga_options["mutation_prob"] == 0.2
-    assert measures_latency(search.spec)  # the trainers must measure what the search optimises
+    assert search.spec.objective.uses_latency  # the trainers must measure what the search optimises
+
+
+@pytest.mark.parametrize("metric, cost_key", [("parameters", "params"), ("multiplyAdds", "multiply_adds"),
+                                              ("latencySeconds", "latency_seconds")])
+def test_the_cost_penalty_reads_the_cost_the_trainers_post(metric, cost_key):
+    from kubenas.manifest import parse_manifest
+    from kubenas_controller.strategy import build_strategy
+
+    search = parse_manifest({
+        "apiVersion": "kubenas.io/v1alpha1", "kind": "ArchitectureSearch", "metadata": {"name": "x"},
+        "spec": {"objective": {"costPenalty": {"metric": metric, "target": 1e5}}}})
+    constrained = build_strategy(search.spec, NB201).inner  # under the dedup layer
+    assert constrained.soft.metric == cost_key
 
 
 # --- the benchmark: `kubenas bench strategies --objectives` ------------------------------------

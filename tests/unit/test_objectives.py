@@ -127,6 +127,14 @@ def test_objectives_refuse_nonsense():
         Objectives.parse("parameters:min,parameters:min")
     with pytest.raises(ValueError, match="NAME:max or NAME:min"):
         Objectives.parse("parameters:smaller")
+    with pytest.raises(ValueError, match="unknown metric 'flops'"):  # the name is checked before the goal
+        Objectives.parse("flops")
+    with pytest.raises(ValueError, match="at most 4 metrics, got 5"):
+        Objectives.parse("validationAccuracy,parameters,multiplyAdds,latency,trainingSeconds")
+    # A cost alone would be ignored: every strategy maximises the accuracy.
+    for costs in ("parameters:min", "latency:min", "parameters:min,multiplyAdds:min"):
+        with pytest.raises(ValueError, match="validationAccuracy must be one of the metrics"):
+            Objectives.parse(costs)
 
 
 # --- objective.metrics in a manifest ---------------------------------------------------------
@@ -152,6 +160,11 @@ BAD = [
      ["strategy.algorithm", "tpe optimises one metric", "nsga2"]),
     ("with-cost-penalty", {"objective": {"metrics": [ACCURACY, PARAMETERS], "costPenalty": {"target": 1e5}}},
      ["objective.costPenalty", "several objective.metrics"]),
+    ("cost-alone", {"strategy": {"algorithm": "tpe"}, "objective": {"metrics": [PARAMETERS]}},
+     ["objective.metrics", "validationAccuracy must be one of the metrics"]),
+    ("costs-without-accuracy", {"strategy": {"algorithm": "nsga2"},
+                                "objective": {"metrics": [PARAMETERS, {"name": "latency", "goal": "minimize"}]}},
+     ["objective.metrics", "validationAccuracy must be one of the metrics"]),
     ("five-metrics", {"objective": {"metrics": [ACCURACY, PARAMETERS, {"name": "multiplyAdds", "goal": "minimize"},
                                                 {"name": "latency", "goal": "minimize"},
                                                 {"name": "trainingSeconds", "goal": "minimize"}]}},

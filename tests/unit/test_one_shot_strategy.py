@@ -82,3 +82,27 @@ def test_the_watch_reports_supernet_then_deriving_then_the_genotypes(tmp_path):
     assert watch.poll() is None
     (supernet / "derived.json").write_text('{"algorithm": "enas", "genotypes": []}')
     assert watch.poll() == {"algorithm": "enas", "genotypes": []}
+
+
+def test_a_derived_json_of_another_spec_is_refused_by_kubenas_run_and_not_taken_by_the_controller(tmp_path):
+    from kubenas.errors import KubenasError
+    from kubenas.local.runner import LocalRunner, RunOptions
+    from kubenas.manifest import parse_manifest
+    from kubenas.oneshot import supernet_fingerprint
+
+    def search(learning_rate: float):
+        return parse_manifest({"apiVersion": "kubenas.io/v1alpha1", "kind": "ArchitectureSearch",
+                               "metadata": {"name": "x"}, "spec": {"strategy": {"algorithm": "spos"},
+                                                                   "training": {"learningRate": learning_rate}}})
+
+    made, changed = search(0.05), search(0.1)
+    supernet = tmp_path / "artifacts" / "supernet"
+    supernet.mkdir(parents=True)
+    payload = {**derived(build_space("nasbench201"), 2, "spos"), "fingerprint": supernet_fingerprint(made.spec)}
+    (supernet / "derived.json").write_text(json.dumps(payload))
+    runner = LocalRunner(RunOptions(manifest=tmp_path / "s.yaml", output=tmp_path))
+    runner._check_output(made)  # its own supernet: resumed without training it again
+    with pytest.raises(KubenasError, match="holds a supernet made for another spec"):
+        runner._check_output(changed)
+    assert SupernetWatch(tmp_path / "artifacts", poll_seconds=0, spec=made.spec).poll() == payload
+    assert SupernetWatch(tmp_path / "artifacts", poll_seconds=0, spec=changed.spec).poll() is None

@@ -19,10 +19,12 @@ import torch.distributed as dist
 from kubenas.local.processes import die_with_parent
 from kubenas.nn.networks import ModelConfig
 from kubenas.nn.supernet import build_supernet
+from kubenas.oneshot import supernet_fingerprint
 from kubenas.oneshot.base import top_distinct
 from kubenas.oneshot.common import OneShotSettings, Shards
 from kubenas.oneshot.darts import Darts
 from kubenas.oneshot.derive import derive_from_alphas
+from kubenas.oneshot.spos import Spos
 from kubenas.oneshot.worker import main
 from kubenas.spaces import build_space
 from kubenas.spec import ArchitectureSearchSpec
@@ -122,6 +124,57 @@ def test_derivation_gives_valid_distinct_genotypes_the_argmax_first(space_spec):
         assert {b["combine"] for cell in ("normal", "reduction") for b in best[cell]} == {space.combines[0]}
 
 
+def test_validation_scores_count_every_image_once_whatever_the_world_size(shards, monkeypatch):
+    import random
+
+    import kubenas.oneshot.common as common
+
+    sums = []  # what each rank would all-reduce: [loss sum, correct, seen]
+    monkeypatch.setattr(common, "all_reduce_sum", lambda values, device: sums.append(values) or values)
+    space = build_space("nasbench201")
+    torch.manual_seed(0)
+    net = build_supernet(space, CFG)
+    genotype = space.sample(random.Random(0))
+    odd = len(shards.val_x) - (1 - len(shards.val_x) % 2)  # an odd count: two ranks cannot split it evenly
+    for rank, world in ((0, 1), (0, 2), (1, 2)):
+        part = Shards(shards.train_x, shards.train_y, shards.val_x[:odd], shards.val_y[:odd], rank, world)
+        common.evaluate(net, part, 16, torch.device("cpu"), genotype=genotype, running_stats=True)
+    whole, first, second = sums
+    assert whole[2] == first[2] + second[2] == odd
+    assert whole[1] == first[1] + second[1]
+    assert whole[0] == pytest.approx(first[0] + second[0], rel=1e-5)
+
+
+def spos_on(space_spec, shards, **settings) -> Spos:
+    space = build_space(space_spec)
+    torch.manual_seed(0)
+    return Spos(build_supernet(space, CFG), space, OneShotSettings(epochs=1, calibration_batches=1, **settings),
+                shards, torch.device("cpu"))
+
+
+def test_spos_evolution_stops_once_a_one_architecture_space_is_scored(shards, single_process_group, monkeypatch):
+    import kubenas.oneshot.spos as spos
+
+    calls = []
+    scorer = spos.score_genotypes
+    monkeypatch.setattr(spos, "score_genotypes", lambda net, genotypes, *a: calls.append(len(genotypes))
+                        or scorer(net, genotypes, *a))
+    scored = spos_on({"type": "nasbench201", "operations": ["nor_conv_3x3"]}, shards,
+                     evolution_population=4, evolution_cycles=3).derive()
+    assert len(scored) == 1
+    assert calls == [1]  # the initial population only: no cycle runs on an exhausted space
+
+
+def test_spos_evolution_breeds_by_mutation_from_a_single_parent(shards, single_process_group, monkeypatch):
+    from kubenas.strategies.encoding import Encoding
+
+    # Every initial candidate is the same architecture: one parent, no crossover possible.
+    monkeypatch.setattr(Encoding, "random", lambda self, rng: [0] * len(self.sizes))
+    scored = spos_on({"type": "nasbench201", "operations": ["nor_conv_3x3", "skip_connect"]}, shards,
+                     evolution_population=4, evolution_cycles=1).derive()
+    assert len(scored) > 1
+
+
 def test_top_distinct_keeps_one_genotype_per_hash_best_first():
     space = build_space("darts")
     import random
@@ -142,6 +195,7 @@ def test_the_worker_trains_and_writes_the_top_k_derived_genotypes(algorithm, tmp
     assert main(["--spec", str(spec), "--artifacts", str(tmp_path / "art"), "--device", "cpu"], env={}) == 0
     derived = json.loads((tmp_path / "art" / "supernet" / "derived.json").read_text())
     assert derived["algorithm"] == algorithm
+    assert derived["fingerprint"] == supernet_fingerprint(ArchitectureSearchSpec.model_validate_json(spec.read_text()))
     space = build_space("nasbench201")
     assert len(derived["genotypes"]) == 2
     assert len({item["hash"] for item in derived["genotypes"]}) == 2
@@ -298,6 +352,54 @@ def test_the_parameter_table_of_the_spec_is_the_workers_own():
         for keyword, default in defaults.items():
             low, high = BOUNDS[keyword]
             assert default is None or low <= default <= high, keyword
+
+
+ONE_WEIGHT_STEP = """
+import datetime, sys, torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from kubenas.oneshot.common import OneShotSettings, weight_step
+rank, port = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=20))
+torch.manual_seed(0)
+net = torch.nn.Linear(4, 3)
+optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+xb = torch.full((2, 4), float("nan") if rank == 1 else 1.0)  # only rank 1's loss is not finite
+try:
+    weight_step(DistributedDataParallel(net), optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1), xb,
+                torch.zeros(2, dtype=torch.long), OneShotSettings(learning_rate=0.5))
+except FloatingPointError as exc:
+    print(exc, flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_loss_that_is_not_finite_on_one_rank_stops_every_rank_at_once(tmp_path):
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", ONE_WEIGHT_STEP, str(rank), port], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                              preexec_fn=die_with_parent()) for rank in range(2)]
+    try:
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [3, 3], outputs  # both raise, neither waits in the all-reduce
+    for out in outputs:
+        assert "non-finite on 1 of 2 ranks" in out and "training.learningRate 0.5 is likely too high" in out
+
+
+def test_a_diverged_supernet_is_a_final_failure_naming_the_learning_rate(tmp_path, capfd, monkeypatch):
+    import kubenas.oneshot.spos as spos
+
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("the supernet's training loss became non-finite; training.learningRate ...")
+
+    monkeypatch.setattr(spos, "weight_step", diverge)
+    spec = spec_file(tmp_path, "spos", **FAST["spos"])
+    # 2, as bad input: not restarted (kubenas/local/supernet_group.py, the Job's podFailurePolicy).
+    assert main(["--spec", str(spec), "--artifacts", str(tmp_path / "art"), "--device", "cpu"], env={}) == 2
+    assert "error: training diverged: " in capfd.readouterr().err
 
 
 def test_a_peer_that_never_comes_ends_the_worker_within_the_timeout(tmp_path):

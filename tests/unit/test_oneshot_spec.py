@@ -37,6 +37,12 @@ BAD = [
         "darts", training={"batchSize": 64, "dataset": {"trainSubset": 100}}), "training.dataset.trainSubset"),
     ("early-stopping", one_shot("enas", training={"earlyStopping": {"algorithm": "asha"}}),
      "training.earlyStopping.algorithm"),
+    # Ranges of the supernet worker's parameters, refused before any Job runs (not by the worker).
+    ("supernet-epochs-zero", one_shot("spos", strategy={"algorithm": "spos", "parameters": {"supernetEpochs": 0}}),
+     "strategy.parameters.supernetEpochs: 0 is not accepted; spos wants an integer in [1, 1000]"),
+    ("mutation-probability-above-one", one_shot(
+        "spos", strategy={"algorithm": "spos", "parameters": {"mutationProbability": 1.5}}),
+     "strategy.parameters.mutationProbability: 1.5 is not accepted; spos wants a number in [0, 1]"),
     ("several-metrics", one_shot("darts", objective={"metrics": [
         {"name": "validationAccuracy", "goal": "maximize"}, {"name": "parameters", "goal": "minimize"}]}),
      "strategy.algorithm"),

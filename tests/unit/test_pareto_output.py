@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from kubenas.cli import main
-from kubenas.local.pareto import pareto_table, summary_objectives, write_pareto
+from kubenas.local.pareto import pareto_table, write_pareto
 from kubenas.local.results import write_results
 from kubenas.objectives import Objectives
 from kubenas.pareto_archive import ParetoArchive
@@ -130,9 +130,8 @@ def test_results_and_export_pareto_from_a_run_directory(tmp_path, capsys):
             state.apply(event)
             log.write(json.dumps(event) + "\n")
     summary = state.summary().model_dump(mode="json", by_alias=True)
-    assert summary_objectives(summary) == TWO
     results = tmp_path / "results"
-    written = write_results(results, checkpoint, summary)
+    written = write_results(results, checkpoint, summary, TWO)
     assert {"pareto_csv", "pareto_png"} <= set(written["files"])
     front = _brute_force_front(trials, TWO)
 
@@ -144,6 +143,33 @@ def test_results_and_export_pareto_from_a_run_directory(tmp_path, capsys):
         assert (results / "export-pareto" / member["trial"] / "model.json").is_file()
 
 
+def test_a_search_whose_trials_all_failed_still_gets_its_pareto_csv(tmp_path):
+    """The objectives come from the search's spec, not from its (here empty) front."""
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    state = SearchState(BudgetSpec(max_trials=100), make_message=None, objectives=TWO)
+    with open(checkpoint / "trials.jsonl", "w") as log:
+        for t in _trials(3, seed=4):
+            log.write(json.dumps({"e": "trial", "id": t["id"], "genotype": t["genotype"], "hash": t["hash"]}) + "\n")
+            event = {"e": "result", "id": t["id"], "status": "failed", "reward": None, "error": "out of memory"}
+            state.apply(event)
+            log.write(json.dumps(event) + "\n")
+    summary = state.summary().model_dump(mode="json", by_alias=True)
+    assert summary["paretoFront"] == []
+    written = write_results(tmp_path / "results", checkpoint, summary, TWO)
+    with open(written["files"]["pareto_csv"]) as f:
+        assert f.read().splitlines() == ["trial,validationAccuracy,parameters,front,on_front,hash,genotype"]
+    assert "pareto_png" not in written["files"]
+
+
 def test_export_pareto_without_a_front_says_why(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--pareto"]) == 2
     assert "no pareto.csv there" in capsys.readouterr().err
+
+
+def test_note_says_false_when_the_newcomer_is_the_member_dropped():
+    archive = ParetoArchive(TWO, capacity=2)
+    assert archive.note("best", 0.9, {"params": 1e5}) and archive.note("smallest", 0.1, {"params": 1e3})
+    # Non-dominated, but between the two extremes, which are never dropped: it is the one that goes.
+    assert archive.note("middle", 0.5, {"params": 5e4}) is False
+    assert set(archive.members) == {"best", "smallest"}

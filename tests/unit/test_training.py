@@ -266,3 +266,23 @@ def test_a_blocks_2_search_trains_through_the_trainers_build_path():
                                                        channels=t.channels, cells_per_stage=t.cells_per_stage,
                                                        device="cpu"))
     assert outcome.status == "succeeded" and len(outcome.curve) == 1 and outcome.parameters > 0
+
+
+def test_a_resumed_trial_counts_the_training_time_before_its_checkpoint():
+    """trainingSeconds is the trial's training time: a trial resumed from its checkpoint adds the
+    seconds the checkpoint carries; a checkpoint without them (an older one) adds none."""
+    from kubenas.training.checkpoints import CheckpointInvalid
+
+    data = load_dataset("digits", train_subset=128, seed=0)
+    cfg = TrainConfig(epochs=2, batch_size=32, channels=4, cells_per_stage=1, device="cpu", seed=5)
+    saved = []
+    train_proxy(GOOD_CELL, data, cfg, on_checkpoint=saved.append, on_epoch=lambda report: report.epoch < 1)
+    checkpoint = next(s for s in saved if s.epoch == 1 and not s.step)
+    assert checkpoint.progress["train_seconds"] > 0
+    checkpoint.progress["train_seconds"] = 1000.0  # as if epoch 1 had taken that long
+    assert train_proxy(GOOD_CELL, data, cfg, start=checkpoint).seconds > 1000.0
+    del checkpoint.progress["train_seconds"]
+    assert train_proxy(GOOD_CELL, data, cfg, start=checkpoint).seconds < 1000.0
+    checkpoint.progress["train_seconds"] = True
+    with pytest.raises(CheckpointInvalid, match="train_seconds True"):
+        train_proxy(GOOD_CELL, data, cfg, start=checkpoint)

@@ -224,6 +224,42 @@ def test_an_optimizer_buffer_of_the_wrong_shape_is_refused(store):
     assert err.value.reason == "shape"
 
 
+def test_a_generator_state_of_another_device_resumes_with_a_reseeded_batch_order(store, caplog):
+    state, (model, *_) = _checkpoint()
+    state.rng_tensors["generator"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's: seed and offset
+    store.save("t-1", 2, state)
+    draws = []
+    for _ in range(2):
+        model2, optimizer2, scheduler2, gen2 = _training_objects(steps=0)
+        with caplog.at_level(logging.INFO, logger="kubenas.checkpoints"):
+            restore(store.latest("t-1"), model2, optimizer2, scheduler2, gen2)  # not refused
+        assert all(torch.equal(model2.state_dict()[k], v) for k, v in model.state_dict().items())
+        assert scheduler2.last_epoch == 3
+        draws.append(torch.rand(3, generator=gen2))
+    assert torch.equal(draws[0], draws[1])  # re-seeded deterministically, from (seed, epoch, step)
+    assert not torch.equal(draws[0], torch.rand(3, generator=torch.Generator().manual_seed(1)))
+    assert "generator is of another device; re-seeded" in caplog.text
+
+
+@pytest.mark.parametrize("damage", [
+    lambda s: s.rng_tensors.__setitem__("generator", torch.zeros(4, dtype=torch.float32)),
+    lambda s: s.rng_tensors.__setitem__("torch_cpu", torch.zeros(16, dtype=torch.uint8)),
+    lambda s: s.rng.__setitem__("python", [3, [1, 2, 3], None]),
+    lambda s: s.rng.__setitem__("numpy", ["MT19937", [1, 2, 3], 0, 0, 0.0]),
+], ids=["generator-not-bytes", "torch-cpu-size", "python-rng", "numpy-rng"])
+def test_a_bad_random_state_is_refused_before_anything_changes(store, damage):
+    state, _ = _checkpoint()
+    damage(state)
+    store.save("t-1", 2, state)
+    model, optimizer, scheduler, gen = _training_objects(steps=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointInvalid) as err:
+        restore(store.latest("t-1"), model, optimizer, scheduler, gen)
+    assert err.value.reason == "corrupt"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert scheduler.last_epoch == 0 and not optimizer.state
+
+
 def test_check_model_fits_names_the_difference():
     state, _ = _checkpoint()
     check_model_fits(state, build_model(CELL, TINY))

@@ -10,7 +10,8 @@ hands a trial back at once (costing only the partial epoch).
 Outcomes:
   succeeded / diverged (NaN: reward 0, the architecture's fault) / stopped
       -> a result, counted once by the controller;
-  an invalid genotype -> failed at once (retrying cannot help);
+  an invalid genotype, or a final trial on a trainer without an artifact store
+      -> failed at once (retrying cannot help);
   any other exception (OOM, CUDA errors, I/O) -> the error is recorded and the
       trial handed back for another attempt; past max_attempts it is
       dead-lettered as failed with that last error.
@@ -49,6 +50,11 @@ from kubenas.queue.messages import ControlMessage, ProgressMessage, ResultMessag
 from kubenas.queue.trainer_side import Claim, RejectedEntry, TrainerQueue
 
 log = logging.getLogger("kubenas.trainer")
+
+
+class CannotTrain(Exception):
+    """A trial this trainer can never complete, whatever the attempt: failed at once, like an
+    invalid genotype, instead of retried until dead-lettered."""
 
 
 @dataclass
@@ -239,14 +245,15 @@ class Trainer:
             log.warning("trial %s: lease lost (another trainer has it, or it was applied); abandoned", trial.trial_id)
         elif interrupted and self.terminating.is_set():
             self._hand_back(claim)
-        elif isinstance(exc, InvalidGenotype):
+        elif isinstance(exc, (InvalidGenotype, CannotTrain)):
+            error = f"invalid genotype: {exc}" if isinstance(exc, InvalidGenotype) else str(exc)
             result = ResultMessage(search=self.search, trial_id=trial.trial_id, trainer=self.consumer,
-                                   attempt=claim.attempt, status="failed", error=clip_error(f"invalid genotype: {exc}"),
+                                   attempt=claim.attempt, status="failed", error=clip_error(error),
                                    finished=time.time())
             if self._post(claim, result):
                 self.trials_done += 1
                 metrics.TRAINER_TRIALS.labels(self.search, "failed").inc()
-            log.error("trial %s failed: invalid genotype: %s", trial.trial_id, exc)
+            log.error("trial %s failed: %s", trial.trial_id, error)
         else:
             error = clip_error(f"{type(exc).__name__}: {exc} (on {self.consumer}, attempt {claim.attempt}; "
                                f"{_where(exc)})")
@@ -385,6 +392,9 @@ class Trainer:
                 torch.set_num_threads(self.options.threads)
             self._torch_ready = True
         trial = claim.trial
+        if trial.final and self.store is None:  # checked before training: it would only fail at the export
+            raise CannotTrain(f"final trial {trial.trial_id}: this trainer has no artifact store to export the "
+                              "trained model to (trainer --artifacts; in a cluster spec.artifacts.enabled: true)")
         t = trial.training
         space = space_of(trial.genotype)
         genotype = space.validate_architecture(trial.genotype)
@@ -455,17 +465,12 @@ class Trainer:
         from kubenas import export
         from kubenas.nn import ModelConfig, build_model
 
-        if self.store is None:
-            raise RuntimeError("a final trial needs an artifact store to export its model to (trainer --artifacts; "
-                               "in a cluster spec.artifacts.enabled: true)")
         data = self._dataset
         t = trial.training
         cfg = cfg.with_hparams(genotype.get("hparams", {}))
-        options = dict(channels=cfg.channels, cells_per_stage=cfg.cells_per_stage, num_classes=data.num_classes,
-                       in_channels=data.input_shape[0], auxiliary=cfg.auxiliary, drop_path=cfg.drop_path)
-        if "skeleton" in ModelConfig.__dataclass_fields__ and hasattr(t, "skeleton"):
-            options["skeleton"] = t.skeleton
-        model_cfg = ModelConfig(**options)
+        model_cfg = ModelConfig(channels=cfg.channels, cells_per_stage=cfg.cells_per_stage,
+                                num_classes=data.num_classes, in_channels=data.input_shape[0],
+                                auxiliary=cfg.auxiliary, drop_path=cfg.drop_path, skeleton=t.skeleton)
         model = build_model(genotype, model_cfg)
         export.load_weights(model, weights, f"trial {trial.trial_id}'s checkpoint")
         model.eval()
@@ -474,8 +479,13 @@ class Trainer:
         value_range = None if t.dataset.name == "npz" else (0.0, 1.0)  # npz: images as stored
         # The test split, once: raw images through the model with its normalisation inside, as a user runs it.
         result.test_accuracy, result.test_images = self._test_accuracy(trial, model, mean, std)
+        if self.lost.is_set():  # the trial's new owner exports it: two exports would replace each other
+            from kubenas.training import TrialInterrupted
+
+            raise TrialInterrupted(f"final trial {trial.trial_id}: lease lost before the export")
         out = Path(self.store.root) / "final" / trial.trial_id
         staging = out.with_name(f".{out.name}.{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)  # a pid repeats across container restarts: no stale files
         size = export.compound_scale(cfg.cells_per_stage, cfg.channels, 0.0, tuple(data.input_shape))
         extra = {"final": {"trial": trial.trial_id, "search": self.search, "validation_accuracy": result.reward,
                            "test_accuracy": result.test_accuracy, "test_images": result.test_images,
@@ -486,7 +496,7 @@ class Trainer:
                           source=f"final trial {trial.trial_id} of {self.search}", weights=weights,
                           weights_source=f"trial {trial.trial_id}'s checkpoint", model_config=model_cfg,
                           mean=mean, std=std, class_names=list(names) if names else None,
-                          value_range=tuple(value_range) if value_range else None, extra=extra)
+                          value_range=value_range, extra=extra)
         except Exception as exc:  # noqa: BLE001 - ONNX can fail where TorchScript worked: keep what was written
             if not (staging / export.WEIGHTS_FILE).exists():
                 raise
@@ -500,25 +510,26 @@ class Trainer:
     def _test_accuracy(self, trial: TrialMessage, model: Any, mean: Optional[list[float]],
                        std: Optional[list[float]]) -> tuple[Optional[float], Optional[int]]:
         """(accuracy, images) of the trained network on the dataset's held-out test split; (None, None)
-        for a dataset without one (said in the log)."""
+        for a dataset without one, or whose test images cannot all be read (said in the log): the
+        trained model is kept and exported either way, since training it again cannot mend the data."""
         import torch
 
         from kubenas import export
         from kubenas.errors import DatasetError
         from kubenas.training.datasets import load_test_split
 
+        graph = export.Normalised(model, mean, std).eval() if mean and std else model.eval()
+        correct = seen = 0
         try:
             test = load_test_split(trial.training.dataset)
+            loader = torch.utils.data.DataLoader(test.dataset, batch_size=256, shuffle=False, num_workers=0)
+            with torch.no_grad():
+                for images, labels in loader:
+                    correct += int((graph(images).argmax(1) == labels).sum())
+                    seen += len(labels)
         except DatasetError as exc:
             log.warning("final trial %s: no test accuracy: %s", trial.trial_id, exc)
             return None, None
-        graph = export.Normalised(model, mean, std).eval() if mean and std else model.eval()
-        loader = torch.utils.data.DataLoader(test.dataset, batch_size=256, shuffle=False, num_workers=0)
-        correct = seen = 0
-        with torch.no_grad():
-            for images, labels in loader:
-                correct += int((graph(images).argmax(1) == labels).sum())
-                seen += len(labels)
         return (correct / seen if seen else None), seen
 
     # --- trial checkpoints --------------------------------------------------------------
