@@ -61,6 +61,19 @@ def derived_is_for(artifacts: Path, spec) -> bool:
     return isinstance(data, dict) and data.get("fingerprint") == supernet_fingerprint(spec)
 
 
+def rank_environment(rank: int, workers: int, gpus: list[str]) -> dict[str, str]:
+    """torchrun's variables for one worker, and its GPU (round-robin over `gpus`; none on CPU).
+    The worker takes NCCL unless its LOCAL_WORLD_SIZE exceeds the GPUs it sees (NCCL refuses
+    two ranks on one GPU): a worker alone on its GPU is a local world of one, while workers
+    that share GPUs keep the whole group as their local world and talk over gloo."""
+    env = {"RANK": str(rank), "WORLD_SIZE": str(workers), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(workers)}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[rank % len(gpus)]
+        if workers <= len(gpus):
+            env.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    return env
+
+
 def worker_error(child: Child) -> Optional[str]:
     """The worker's own one-line reason for failing (`kubenas-oneshot rank=R error: ...`), if it gave one."""
     for line in reversed(child.tail(60).splitlines()):
@@ -94,11 +107,9 @@ class SupernetGroup:
         port = str(free_port())
         self.children = []
         for rank in range(self.workers):
-            env = dict(self.env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(self.workers),
-                       LOCAL_WORLD_SIZE=str(self.workers), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+            env = dict(self.env, **rank_environment(rank, self.workers, self.gpus if self.device == "cuda" else []),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
                        OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
-            if self.device == "cuda" and self.gpus:  # one GPU per worker, round-robin
-                env["CUDA_VISIBLE_DEVICES"] = self.gpus[rank % len(self.gpus)]
             cmd = [*self.command, "--spec", str(self.spec_path), "--artifacts", str(self.artifacts),
                    "--device", self.device]
             child = Child(f"supernet-{rank}", cmd, self.logs / f"supernet-{rank}.log", env)

@@ -421,3 +421,19 @@ def test_a_silent_peer_ends_the_other_within_the_timeout(tmp_path):
     assert rc == 1, log
     assert 8 <= waited < 40, waited  # the timeout, not an instant failure and not a hang
     assert "error: lost the worker group" in log and "Traceback" not in log
+
+
+def test_kubenas_run_gives_each_worker_its_own_gpu_as_a_local_world_of_one():
+    """Two workers on two GPUs each see one GPU and a local world of one (NCCL); three on two
+    share them and keep the group as their local world (gloo); on CPU no GPU is named."""
+    from kubenas.local.supernet_group import rank_environment
+
+    own = [rank_environment(r, 2, ["0", "1"]) for r in range(2)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in own] == ["0", "1"]
+    assert all(e["LOCAL_WORLD_SIZE"] == "1" and e["LOCAL_RANK"] == "0" for e in own)
+    assert [e["RANK"] for e in own] == ["0", "1"] and all(e["WORLD_SIZE"] == "2" for e in own)
+    shared = [rank_environment(r, 3, ["0", "1"]) for r in range(3)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in shared] == ["0", "1", "0"]
+    assert all(e["LOCAL_WORLD_SIZE"] == "3" for e in shared) and [e["LOCAL_RANK"] for e in shared] == ["0", "1", "2"]
+    cpu = rank_environment(1, 2, [])
+    assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu["LOCAL_WORLD_SIZE"] == "2"

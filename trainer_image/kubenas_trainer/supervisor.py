@@ -89,7 +89,6 @@ class Supervisor:
         self.threads = child_threads(args.threads, args.processes)
         self.procs: list[Optional[subprocess.Popen]] = [None] * args.processes
         self.restarts = [0] * args.processes
-        self.statuses: list[Optional[int]] = [None] * args.processes  # of the ones that exited for good
         self.stopping = threading.Event()
 
     def _start(self, index: int) -> None:
@@ -141,19 +140,18 @@ class Supervisor:
                     continue
                 self.procs[index] = None
                 if code == 0:  # done by its own rule (--exit-when-done, --max-trials)
-                    self.statuses[index] = 0
-                elif code == BAD_FLAG_STATUS or self.restarts[index] >= RESTARTS_PER_PROCESS:
+                    continue
+                if code == BAD_FLAG_STATUS or self.restarts[index] >= RESTARTS_PER_PROCESS:
                     log.error("trainer %d exited with status %d%s: stopping the others", index, code,
                               "" if code == BAD_FLAG_STATUS else f" after {self.restarts[index]} restarts")
                     self._stop_all()
                     return BAD_FLAG_STATUS if code == BAD_FLAG_STATUS else 1
-                else:
-                    self.restarts[index] += 1
-                    log.warning("trainer %d exited with status %d: restarting it (%d of %d)", index, code,
-                                self.restarts[index], RESTARTS_PER_PROCESS)
-                    self._start(index)
+                self.restarts[index] += 1
+                log.warning("trainer %d exited with status %d: restarting it (%d of %d)", index, code,
+                            self.restarts[index], RESTARTS_PER_PROCESS)
+                self._start(index)
             if all(proc is None for proc in self.procs):
-                return max(abs(s or 0) for s in self.statuses)
+                return 0  # every trainer done by its own rule (any other exit returned above)
         return self._stop_all()
 
 
