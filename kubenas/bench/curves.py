@@ -320,7 +320,8 @@ def generate(path: Path, cells: int, task: CurveTask, cfg: CurveConfig, seeds: l
     done = done_cells(path)
     # A shard owns the cells whose place in the order is k mod n: the split does not depend
     # on what was done when each process started, so two shards never train the same cell.
-    todo = [(i, c) for i, c in enumerate(all_cells(order_seed)[:cells]) if c not in done and i % shard[1] == shard[0]]
+    todo = [(i, c) for i, c in enumerate(all_cells(order_seed)[:cells])
+            if c not in done and i % shard[1] == shard[0]]
     new_file = not path.is_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     if not kept.is_file():

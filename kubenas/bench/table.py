@@ -7,9 +7,9 @@ of E epochs of the same training run, so a trial trained for e epochs reads
 epoch e (see kubenas.bench.curves); `parameters` and `multiply_adds`, when
 present, are the cell's costs; `val_acc_s0` .. `val_acc_sK`, when present, each training
 seed's final validation accuracy (val_acc is their mean), so a benchmark can give a trial
-one training's noisy reward instead of the mean (kubenas.bench.harness, reward "one-seed"). `cellstr` is a NAS-Bench-201 cell string
-(`|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`) or a genotype as JSON (any space of
-kubenas, named by its `space` field). The search space is the one the cells
+one training's noisy reward instead of the mean (kubenas.bench.harness, reward "one-seed").
+`cellstr` is a NAS-Bench-201 cell string (`|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`) or a
+genotype as JSON (any space of kubenas, named by its `space` field). The search space is the one the cells
 belong to; for NAS-Bench-201 strings, restricted to the operations that occur.
 Rows are keyed by the space's canonical hash, so the harness looks results up
 the same way the dedup layer recognises repeats.
