@@ -22,11 +22,9 @@ from typing import Optional
 from kubenas.objectives import Objectives, crowding_distance, dominates, hypervolume
 from kubenas.spec import PARETO_ARCHIVE_CAPACITY, PARETO_STATUS_MEMBERS, ParetoMember
 
-CAPACITY = PARETO_ARCHIVE_CAPACITY  # the status's descriptions name it, so it lives with them
-
 
 class ParetoArchive:
-    def __init__(self, objectives: Objectives, capacity: int = CAPACITY):
+    def __init__(self, objectives: Objectives, capacity: int = PARETO_ARCHIVE_CAPACITY):
         self.objectives = objectives
         self.capacity = capacity
         self.members: dict[str, tuple[float, ...]] = {}  # trial id -> its values (metrics' own units), in order
