@@ -59,13 +59,15 @@ STRATEGY_PARAMETERS: dict[str, dict[str, str]] = {
                "candidates": "integer", "refitEvery": "integer", "believer": "boolean", "rho": "number"},
     # One-shot: the supernet worker's parameters (kubenas/oneshot/parameters.py, which must match).
     "enas": {"topK": "integer", "supernetEpochs": "integer", "calibrationBatches": "integer",
-             "policySteps": "integer", "policySamples": "integer", "policyLearningRate": "number",
-             "entropyWeight": "number", "baselineDecay": "number", "hidden": "integer"},
+             "fineTuneSteps": "integer", "policySteps": "integer", "policySamples": "integer",
+             "policyLearningRate": "number", "entropyWeight": "number", "baselineDecay": "number",
+             "hidden": "integer"},
     "darts": {"topK": "integer", "supernetEpochs": "integer", "calibrationBatches": "integer",
-              "order": "integer", "archLearningRate": "number", "archWeightDecay": "number",
-              "maxSkips": "integer"},
+              "fineTuneSteps": "integer", "order": "integer", "archLearningRate": "number",
+              "archWeightDecay": "number", "maxSkips": "integer"},
     "spos": {"topK": "integer", "supernetEpochs": "integer", "calibrationBatches": "integer",
-             "evolutionPopulation": "integer", "evolutionCycles": "integer", "mutationProbability": "number"},
+             "fineTuneSteps": "integer", "evolutionPopulation": "integer", "evolutionCycles": "integer",
+             "mutationProbability": "number"},
 }
 _UPPER = re.compile(r"(?<=[a-z0-9])([A-Z])")
 

@@ -6,9 +6,11 @@ Per algorithm and seed, in this process (world size 1, the worker's own algorith
   1. train the supernet on the table's task and network setting (kubenas/bench/curves.py
      TASK and TRAINING: the same distorted digits, N, F, batch, learning rate; the table's
      epochs unless --epochs says otherwise);
-  2. score every cell of the table on the trained shared weights, batch norm recalibrated per
-     cell (the worker's own `score_genotypes`), and take Kendall's tau-b against the table's
-     val_acc (the mean over its seeds);
+  2. score every cell of the table (or of `--cells START:END`) as the worker scores its
+     candidates (`OneShotAlgorithm.path_metrics`: `fineTuneSteps` steps of the cell's own path
+     from the shared weights, batch norm recalibrated), and take Kendall's tau-b against the
+     table's val_acc (the mean over its seeds), of the score (minus the validation loss) and of
+     the validation accuracy;
   3. the algorithm's top derived cell: its stand-alone accuracy from the table when the table
      has it, else trained stand-alone here in the table's setting (`--standalone-seeds` seeds);
   4. trainer-seconds: the supernet's wall-clock seconds (one process) plus the derivation;
@@ -35,7 +37,8 @@ PARAMETER_FREE = ("skip_connect", "none")
 class OneShotRun:
     algorithm: str
     seed: int
-    tau: float
+    tau: float  # of the score (minus the path's validation loss)
+    tau_accuracy: float  # of the path's validation accuracy instead
     top_cell: str
     top_val_acc: float  # stand-alone validation accuracy (%) of the top derived cell
     top_from_table: bool
@@ -79,7 +82,7 @@ def run_one(algorithm: str, seed: int, table: dict[str, float], epochs: Optional
     from kubenas.nn.networks import ModelConfig
     from kubenas.nn.supernet import build_supernet
     from kubenas.oneshot.base import top_distinct
-    from kubenas.oneshot.common import OneShotSettings, Shards, score_genotypes
+    from kubenas.oneshot.common import OneShotSettings, Shards
     from kubenas.oneshot import ALGORITHM_MODULES
     from kubenas.spaces import build_space
 
@@ -110,11 +113,13 @@ def run_one(algorithm: str, seed: int, table: dict[str, float], epochs: Optional
         seconds = time.perf_counter() - t0
         cells = list(table)
         genotypes = [{"space": "nasbench201", "cell": c, "hparams": {}} for c in cells]
-        scores = score_genotypes(algo.net, genotypes, shards, settings, device)
+        metrics = algo.path_metrics(genotypes)
     finally:
         if not started:
             dist.destroy_process_group()
-    tau = kendall_tau(scores, [table[c] for c in cells])
+    truth = [table[c] for c in cells]
+    tau = kendall_tau([-loss for loss, _ in metrics], truth)
+    tau_accuracy = kendall_tau([accuracy for _, accuracy in metrics], truth)
     derived_cells = [d["genotype"]["cell"] for d in derived]
     top = derived_cells[0]
     standalone_seconds = 0.0
@@ -125,7 +130,7 @@ def run_one(algorithm: str, seed: int, table: dict[str, float], epochs: Optional
         curve = train_curves(top, data, TRAINING, list(range(standalone_seeds)), every_epoch=False)
         standalone_seconds = time.perf_counter() - t1
         top_acc, from_table = 100.0 * statistics.fmean(v[-1] for v in curve.val), False
-    return OneShotRun(algorithm, seed, tau, top, top_acc, from_table, seconds, standalone_seconds,
+    return OneShotRun(algorithm, seed, tau, tau_accuracy, top, top_acc, from_table, seconds, standalone_seconds,
                       parameter_free_share(derived_cells), derived_cells,
                       arch_entropy=float(report.get("arch_entropy", math.nan)),
                       supernet_val_acc=float(report.get("val_acc", math.nan)))
@@ -141,11 +146,11 @@ def mean_sd(values: list[float]) -> str:
 
 def summary(runs: list[OneShotRun], table_agreement: Optional[dict[str, float]] = None) -> str:
     """The table: per algorithm, mean ± sd over its seeds."""
-    lines = [f"{'algorithm':<10}{'seeds':>6}  {'Kendall tau':>16}  {'top cell val_acc %':>20}  "
+    lines = [f"{'algorithm':<10}{'seeds':>6}  {'tau (score)':>16}  {'tau (accuracy)':>16}  {'top cell val_acc %':>20}  "
              f"{'trainer-seconds':>18}  {'skip/none share':>16}"]
     for algorithm in sorted({r.algorithm for r in runs}, key=lambda a: ALGORITHMS.index(a)):
         mine = [r for r in runs if r.algorithm == algorithm]
-        lines.append(f"{algorithm:<10}{len(mine):>6}  {mean_sd([r.tau for r in mine]):>16}  "
+        lines.append(f"{algorithm:<10}{len(mine):>6}  {mean_sd([r.tau for r in mine]):>16}  {mean_sd([r.tau_accuracy for r in mine]):>16}  "
                      f"{mean_sd([r.top_val_acc for r in mine]):>20}  {mean_sd([r.seconds for r in mine]):>18}  "
                      f"{mean_sd([r.parameter_free_share for r in mine]):>16}")
     if table_agreement:

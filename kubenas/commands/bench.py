@@ -79,6 +79,8 @@ def add_arguments(command_name: str, parser: argparse.ArgumentParser) -> None:
     # oneshot (kubenas/bench/oneshot.py): supernets' ranking against the learning-curve table
     parser.add_argument("--algorithms", default="enas,darts,spos", help="oneshot: comma-separated (default all three)")
     parser.add_argument("--epochs", type=int, default=None, help="oneshot: supernet epochs (default: the table's)")
+    parser.add_argument("--cells", default=None, metavar="START:END",
+                        help="oneshot: rank the table's rows START..END-1 only (default: every row)")
     parser.add_argument("--standalone-seeds", type=int, default=4,
                         help="oneshot: seeds that train a derived cell the table lacks (default 4)")
 
@@ -244,6 +246,8 @@ def _run_oneshot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kubenas.bench.oneshot import ALGORITHMS, read_table, run_one, summary, table_agreement
+    from kubenas.oneshot.parameters import ALGORITHM_PARAMETERS
+    from kubenas.spec import strategy_keyword, strategy_parameter_name
 
     table_path = Path(args.table or "benchmarks/data/digits-curves.csv")
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
@@ -263,6 +267,30 @@ def _run_oneshot(args: argparse.Namespace) -> int:
         print(f"kubenas bench oneshot: --table {table_path}: cannot be read as a learning-curve table "
               f"(columns cellstr, val_acc): {exc}", file=sys.stderr)
         return 2
+    if args.cells is not None:
+        start, colon, end = args.cells.partition(":")
+        try:
+            rows = list(table.items())[int(start or 0):int(end) if end else None]
+        except ValueError:
+            rows = None
+        if not colon or rows is None:
+            print(f"kubenas bench oneshot: --cells {args.cells!r}: expected START:END (row numbers, e.g. 300:500)",
+                  file=sys.stderr)
+            return 2
+        table = dict(rows)
+    try:
+        parameters = {algorithm: {strategy_keyword(k): v for k, v in chosen.items()}
+                      for algorithm, chosen in parse_params(args.param, algorithms).items()}
+    except KubenasError as exc:
+        print(f"kubenas bench oneshot: {exc}", file=sys.stderr)
+        return 2
+    for algorithm, chosen in parameters.items():
+        accepted = set(ALGORITHM_PARAMETERS[algorithm]) - {"supernet_epochs"}  # that one is --epochs
+        for key in sorted(set(chosen) - accepted):
+            print(f"kubenas bench oneshot: --param {algorithm}.{strategy_parameter_name(key)}: not a parameter of "
+                  f"{algorithm}; choose from {', '.join(sorted(map(strategy_parameter_name, accepted)))}",
+                  file=sys.stderr)
+            return 2
     if len(table) < 3:
         print(f"kubenas bench oneshot: --table {table_path}: {len(table)} cells; a rank correlation needs "
               "at least 3 (the issue asks for 100)", file=sys.stderr)
@@ -271,9 +299,10 @@ def _run_oneshot(args: argparse.Namespace) -> int:
     for seed in range(args.first_seed, args.first_seed + seeds):
         for algorithm in algorithms:
             started = time.perf_counter()
-            result = run_one(algorithm, seed, table, epochs=args.epochs, standalone_seeds=args.standalone_seeds)
+            result = run_one(algorithm, seed, table, epochs=args.epochs, standalone_seeds=args.standalone_seeds,
+                             parameters=parameters[algorithm])
             runs.append(result)
-            print(f"{algorithm} seed {seed}: tau {result.tau:.3f}, top cell {result.top_cell} "
+            print(f"{algorithm} seed {seed}: tau {result.tau:.3f} (accuracy {result.tau_accuracy:.3f}), top cell {result.top_cell} "
                   f"val_acc {result.top_val_acc:.2f}% ({'table' if result.top_from_table else 'trained here'}), "
                   f"supernet {result.seconds:.0f}s, skip/none {result.parameter_free_share:.2f} "
                   f"({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)

@@ -4,11 +4,13 @@ state for checkpoints, and derive its top genotypes at the end."""
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -16,8 +18,13 @@ from kubenas.nn.supernet import Supernet
 from kubenas.oneshot.common import (
     OneShotSettings,
     Shards,
+    average_gradients,
     broadcast_from_rank0,
+    evaluate,
     make_weight_optimizer,
+    rank_batch,
+    ranks_diverged,
+    recalibrate,
     steps_per_epoch,
 )
 from kubenas.spaces import Genotype, SearchSpace
@@ -76,6 +83,64 @@ class OneShotAlgorithm(ABC):
 
     def load_arch_state(self, values: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         pass
+
+    def path_metrics(self, genotypes: list[Genotype]) -> list[tuple[float, float]]:
+        """(validation loss, validation accuracy) of each path, starting from the shared weights:
+        trained alone for `fine_tune_steps` steps (gradients averaged over the ranks), then batch
+        norm re-estimated for it. The supernet is put back after each path. A path whose loss
+        stops being finite scores (inf, 0)."""
+        s = self.settings
+        batch = rank_batch(s, self.shards.world)
+        saved = {k: v.clone() for k, v in self.net.state_dict().items()}
+        was_training = self.net.training
+        metrics = []
+        for genotype in genotypes:
+            try:
+                if not self._fine_tune(genotype):
+                    metrics.append((math.inf, 0.0))
+                    continue
+                recalibrate(self.net, genotype, self.shards, batch, s.calibration_batches, self.device, s.seed)
+                metrics.append(evaluate(self.net, self.shards, max(256, batch), self.device, genotype=genotype,
+                                        running_stats=True))
+            finally:
+                self.net.load_state_dict(saved)
+                self.net.train(was_training)
+        return metrics
+
+    def score(self, genotypes: list[Genotype]) -> list[float]:
+        """Each path's supernet score, higher is better: minus its validation loss after
+        `path_metrics`. The loss ranks cells closer to their stand-alone accuracy than the
+        accuracy itself, which moves by whole images (benchmarks/oneshot.py reports both)."""
+        return [-loss for loss, _ in self.path_metrics(genotypes)]
+
+    def _fine_tune(self, genotype: Genotype) -> bool:
+        """False when the path's loss stopped being finite. Not through DDP, which expects every
+        parameter of a mixture (darts): the path's gradients are averaged by hand."""
+        s = self.settings
+        if s.fine_tune_steps < 1:
+            return True
+        self.net.train()
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        optimizer, scheduler = make_weight_optimizer(self.net, s, s.fine_tune_steps)
+        done = epoch = 0
+        while done < s.fine_tune_steps:
+            for xb, yb in self.shards.batches("train", rank_batch(s, self.shards.world), epoch,
+                                              self.seed_for(epoch, stream=7)):
+                loss = F.cross_entropy(self.net(xb.to(self.device), genotype=genotype), yb.to(self.device))
+                if ranks_diverged(loss):
+                    return False
+                grads = torch.autograd.grad(loss, params, allow_unused=True)  # None: not on the path
+                for p, grad in zip(params, grads):
+                    p.grad = grad
+                average_gradients(params)
+                nn.utils.clip_grad_norm_(params, s.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                done += 1
+                if done == s.fine_tune_steps:
+                    break
+            epoch += 1
+        return True
 
     def timed_epoch(self, epoch: int) -> dict[str, float]:
         started = time.perf_counter()

@@ -58,6 +58,10 @@ class OneShotSettings:
     evolution_cycles: int = 4
     mutation_probability: float = 0.1
     calibration_batches: int = 4
+    # Every final score: steps a candidate's path trains alone from the shared weights before it is
+    # scored (on a copy). Shared weights serve every path and rank parameter-free cells too high; a
+    # few steps of the path's own training correct most of that (benchmarks/oneshot.py).
+    fine_tune_steps: int = 44
 
 
 @dataclass
@@ -160,6 +164,11 @@ def make_weight_optimizer(net: nn.Module, settings: OneShotSettings, steps: int)
     return optimizer, scheduler
 
 
+def ranks_diverged(loss: torch.Tensor) -> int:
+    """How many ranks' loss is not finite (the same answer on every rank)."""
+    return int(all_reduce_sum([0.0 if torch.isfinite(loss) else 1.0], loss.device)[0])
+
+
 def weight_step(ddp: nn.Module, optimizer, scheduler, xb: torch.Tensor, yb: torch.Tensor, settings: OneShotSettings,
                 **forward: Any) -> tuple[float, int]:
     """One data-parallel step of the shared weights; returns (loss sum, correct)."""
@@ -167,7 +176,7 @@ def weight_step(ddp: nn.Module, optimizer, scheduler, xb: torch.Tensor, yb: torc
     loss = F.cross_entropy(logits, yb)
     # Every rank decides together: a rank that raised alone would leave the others waiting in
     # DDP's all-reduce until the timeout, and the restarted group would only diverge again.
-    diverged = all_reduce_sum([0.0 if torch.isfinite(loss) else 1.0], xb.device)[0]
+    diverged = ranks_diverged(loss)
     if diverged:
         raise FloatingPointError(
             f"the supernet's training loss became non-finite on {int(diverged)} of {world_size()} ranks "
@@ -248,22 +257,6 @@ def recalibrate(net: Supernet, genotype: dict, shards: Shards, batch: int, batch
         for m, momentum in zip(bns, saved):
             m.momentum = momentum
         net.train(was_training)
-
-
-def score_genotypes(net: Supernet, genotypes: list[dict], shards: Shards, settings: OneShotSettings,
-                    device: torch.device) -> list[float]:
-    """Each path's validation accuracy on the shared weights, batch norm recalibrated per
-    path; the running statistics are put back afterwards."""
-    buffers = {k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
-    batch = rank_batch(settings, shards.world)
-    scores = []
-    try:
-        for g in genotypes:
-            recalibrate(net, g, shards, batch, settings.calibration_batches, device, settings.seed)
-            scores.append(evaluate(net, shards, max(256, batch), device, genotype=g, running_stats=True)[1])
-    finally:
-        net.load_state_dict(buffers, strict=False)
-    return scores
 
 
 def entropy_of(weights: dict[str, torch.Tensor]) -> float:

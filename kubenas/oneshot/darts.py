@@ -28,7 +28,6 @@ from kubenas.oneshot.common import (
     entropy_of,
     evaluate,
     rank_batch,
-    score_genotypes,
     weight_step,
 )
 from kubenas.oneshot.derive import derive_from_alphas
@@ -126,7 +125,7 @@ class Darts(OneShotAlgorithm):
         candidates = derive_from_alphas(self.space, dict(self.alphas.items()), self.settings.top_k,
                                         max_skips=self.settings.max_skips)
         genotypes = [g for g, _ in candidates]
-        scores = score_genotypes(self.net, genotypes, self.shards, self.settings, self.device)
+        scores = self.score(genotypes)
         return list(zip(genotypes, scores))
 
     def arch_state(self):

@@ -26,7 +26,6 @@ from kubenas.oneshot.common import (
     broadcast_from_rank0,
     evaluate,
     rank_batch,
-    score_genotypes,
     weight_step,
 )
 from kubenas.spaces import Genotype
@@ -109,7 +108,7 @@ class Enas(OneShotAlgorithm):
         for genotype in self.sample(gen, max(self.settings.policy_samples, self.settings.top_k)):
             unique.setdefault(self.space.hash(genotype), genotype)
         genotypes = list(unique.values())
-        return list(zip(genotypes, score_genotypes(self.net, genotypes, self.shards, self.settings, self.device)))
+        return list(zip(genotypes, self.score(genotypes)))
 
     def arch_state(self):
         values, tensors = optimizer_parts(self.policy_optimizer, "policy_optimizer")

@@ -12,6 +12,7 @@ _COMMON: dict[str, Any] = {
     "top_k": 3,  # derived genotypes sent to stand-alone training, distinct by canonical hash
     "supernet_epochs": None,  # epochs of supernet training (default: training.epochs)
     "calibration_batches": 4,  # training batches that re-estimate batch norm per scored path
+    "fine_tune_steps": 44,  # steps a scored path trains alone from the shared weights (on a copy)
 }
 
 ALGORITHM_PARAMETERS: dict[str, dict[str, Any]] = {
@@ -25,6 +26,7 @@ ALGORITHM_PARAMETERS: dict[str, dict[str, Any]] = {
 # Accepted ranges, checked by the spec (kubenas/spec.py StrategySpec, naming strategy.parameters.<camelCase>).
 BOUNDS: dict[str, tuple[float, float]] = {
     "top_k": (1, 100), "supernet_epochs": (1, 1000), "calibration_batches": (1, 1000),
+    "fine_tune_steps": (0, 100_000),
     "policy_steps": (0, 100_000), "policy_samples": (1, 100_000), "policy_learning_rate": (1e-8, 10.0),
     "entropy_weight": (0.0, 10.0), "baseline_decay": (0.0, 1.0), "hidden": (1, 4096),
     "order": (1, 2), "arch_learning_rate": (1e-8, 10.0), "arch_weight_decay": (0.0, 1.0), "max_skips": (0, 100),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from kubenas.oneshot.base import OneShotAlgorithm, Scored
-from kubenas.oneshot.common import EVAL_PATHS, all_reduce_sum, evaluate, rank_batch, score_genotypes, weight_step
+from kubenas.oneshot.common import EVAL_PATHS, all_reduce_sum, evaluate, rank_batch, weight_step
 from kubenas.spaces import Genotype
 from kubenas.strategies.encoding import Encoding
 
@@ -54,7 +54,7 @@ class Spos(OneShotAlgorithm):
                 h = self.space.hash(genotype)
                 if h not in scores:
                     fresh.setdefault(h, genotype)
-            values = score_genotypes(self.net, list(fresh.values()), self.shards, s, self.device)
+            values = self.score(list(fresh.values()))
             scores.update({h: (g, v) for (h, g), v in zip(fresh.items(), values)})
 
         score([encoding.random(rng) for _ in range(s.evolution_population)])

@@ -15,7 +15,8 @@ Rank 0 checkpoints the supernet after every epoch (DIR/supernet/epoch-<e>.safete
 a group restarted after losing a worker loses at most the epoch in progress. At the end
 rank 0 writes DIR/supernet/derived.json:
     {"algorithm": ..., "fingerprint": ..., "genotypes": [{"genotype": {...}, "hash": ..., "score": ...}, ...]}
-(the fingerprint of the spec it was made for: kubenas.oneshot.supernet_fingerprint).
+(the fingerprint of the spec it was made for: kubenas.oneshot.supernet_fingerprint; the score:
+minus the cell's validation loss on the shared weights, OneShotAlgorithm.score).
 Progress goes to stderr as `kubenas-oneshot rank=R event=... key=value ...` lines.
 Exit codes: 0 done, 2 bad input (the message names the field; a diverged training too, which
 names training.learningRate), 1 any other failure.

@@ -152,13 +152,26 @@ def spos_on(space_spec, shards, **settings) -> Spos:
                 shards, torch.device("cpu"))
 
 
-def test_spos_evolution_stops_once_a_one_architecture_space_is_scored(shards, single_process_group, monkeypatch):
-    import kubenas.oneshot.spos as spos
+def test_a_scored_path_trains_on_a_copy_and_the_supernet_stays_as_it_was(shards, single_process_group):
+    import random
+    from dataclasses import replace
 
+    algo = spos_on("nasbench201", shards, fine_tune_steps=6)
+    before = {k: v.clone() for k, v in algo.net.state_dict().items()}
+    genotype = algo.space.sample(random.Random(0))
+    tuned = algo.path_metrics([genotype, genotype])
+    assert tuned[0] == tuned[1]  # each path starts from the same shared weights
+    assert all(torch.equal(before[k], v) for k, v in algo.net.state_dict().items())
+    algo.settings = replace(algo.settings, fine_tune_steps=0)
+    untuned = algo.path_metrics([genotype])[0]
+    assert tuned[0][0] < untuned[0]  # six steps of its own training lower the path's validation loss
+    assert algo.score([genotype]) == [-untuned[0]]
+
+
+def test_spos_evolution_stops_once_a_one_architecture_space_is_scored(shards, single_process_group, monkeypatch):
     calls = []
-    scorer = spos.score_genotypes
-    monkeypatch.setattr(spos, "score_genotypes", lambda net, genotypes, *a: calls.append(len(genotypes))
-                        or scorer(net, genotypes, *a))
+    scorer = Spos.score
+    monkeypatch.setattr(Spos, "score", lambda self, genotypes: calls.append(len(genotypes)) or scorer(self, genotypes))
     scored = spos_on({"type": "nasbench201", "operations": ["nor_conv_3x3"]}, shards,
                      evolution_population=4, evolution_cycles=3).derive()
     assert len(scored) == 1
@@ -201,7 +214,7 @@ def test_the_worker_trains_and_writes_the_top_k_derived_genotypes(algorithm, tmp
     assert len({item["hash"] for item in derived["genotypes"]}) == 2
     for item in derived["genotypes"]:
         assert space.hash(space.validate(item["genotype"])) == item["hash"]
-        assert 0.0 <= item["score"] <= 1.0
+        assert -20.0 < item["score"] <= 0.0  # minus a validation cross-entropy (chance: -ln 10)
     assert (tmp_path / "art" / "supernet" / "epoch-1.safetensors").is_file()
     err = capfd.readouterr().err
     assert re.search(r"rank=0 event=epoch epoch=1 epochs=1 .*val_acc=", err)

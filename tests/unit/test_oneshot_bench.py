@@ -49,7 +49,7 @@ def test_one_seed_of_darts_ranks_the_table_and_reports_its_numbers(tmp_path):
         writer.writerows([i, c, a] for i, (c, a) in enumerate(CELLS.items()))
     table = read_table(table_path)
     run = run_one("darts", 0, table, epochs=1, standalone_seeds=1)
-    assert -1.0 <= run.tau <= 1.0
+    assert -1.0 <= run.tau <= 1.0 and -1.0 <= run.tau_accuracy <= 1.0
     assert run.seconds > 0 and 0.0 < run.top_val_acc <= 100.0
     assert skip_count({"cell": run.top_cell}) <= 2  # the default cap
     assert 0.0 <= run.parameter_free_share <= 1.0 and run.arch_entropy < math.log(5)
@@ -64,5 +64,9 @@ def test_the_command_refuses_bad_flags_naming_them(capsys):
     assert "--algorithms: ['nasnet'] not accepted; choose from enas, darts, spos" in capsys.readouterr().err
     assert main(["bench", "oneshot", "--table", "/nonexistent/curves.csv"]) == 2
     assert "--table /nonexistent/curves.csv: cannot be read" in capsys.readouterr().err
+    assert main(["bench", "oneshot", "--cells", "ten"]) == 2
+    assert "--cells 'ten': expected START:END" in capsys.readouterr().err
+    assert main(["bench", "oneshot", "--algorithms", "spos", "--param", "spos.policySteps=3"]) == 2
+    assert "--param spos.policySteps: not a parameter of spos; choose from" in capsys.readouterr().err
     assert main(["bench", "strategies"]) == 2
     assert "--table is required" in capsys.readouterr().err
