@@ -130,8 +130,8 @@ def run_one(algorithm: str, seed: int, table: dict[str, float], epochs: Optional
         curve = train_curves(top, data, TRAINING, list(range(standalone_seeds)), every_epoch=False)
         standalone_seconds = time.perf_counter() - t1
         top_acc, from_table = 100.0 * statistics.fmean(v[-1] for v in curve.val), False
-    return OneShotRun(algorithm, seed, tau, tau_accuracy, top, top_acc, from_table, seconds, standalone_seconds,
-                      parameter_free_share(derived_cells), derived_cells,
+    return OneShotRun(algorithm, seed, tau, tau_accuracy, top, top_acc, from_table, seconds,
+                      standalone_seconds, parameter_free_share(derived_cells), derived_cells,
                       arch_entropy=float(report.get("arch_entropy", math.nan)),
                       supernet_val_acc=float(report.get("val_acc", math.nan)))
 
@@ -146,11 +146,12 @@ def mean_sd(values: list[float]) -> str:
 
 def summary(runs: list[OneShotRun], table_agreement: Optional[dict[str, float]] = None) -> str:
     """The table: per algorithm, mean ± sd over its seeds."""
-    lines = [f"{'algorithm':<10}{'seeds':>6}  {'tau (score)':>16}  {'tau (accuracy)':>16}  {'top cell val_acc %':>20}  "
-             f"{'trainer-seconds':>18}  {'skip/none share':>16}"]
+    lines = [f"{'algorithm':<10}{'seeds':>6}  {'tau (score)':>16}  {'tau (accuracy)':>16}  "
+             f"{'top cell val_acc %':>20}  {'trainer-seconds':>18}  {'skip/none share':>16}"]
     for algorithm in sorted({r.algorithm for r in runs}, key=lambda a: ALGORITHMS.index(a)):
         mine = [r for r in runs if r.algorithm == algorithm]
-        lines.append(f"{algorithm:<10}{len(mine):>6}  {mean_sd([r.tau for r in mine]):>16}  {mean_sd([r.tau_accuracy for r in mine]):>16}  "
+        lines.append(f"{algorithm:<10}{len(mine):>6}  {mean_sd([r.tau for r in mine]):>16}  "
+                     f"{mean_sd([r.tau_accuracy for r in mine]):>16}  "
                      f"{mean_sd([r.top_val_acc for r in mine]):>20}  {mean_sd([r.seconds for r in mine]):>18}  "
                      f"{mean_sd([r.parameter_free_share for r in mine]):>16}")
     if table_agreement:

@@ -302,7 +302,8 @@ def _run_oneshot(args: argparse.Namespace) -> int:
             result = run_one(algorithm, seed, table, epochs=args.epochs, standalone_seeds=args.standalone_seeds,
                              parameters=parameters[algorithm])
             runs.append(result)
-            print(f"{algorithm} seed {seed}: tau {result.tau:.3f} (accuracy {result.tau_accuracy:.3f}), top cell {result.top_cell} "
+            print(f"{algorithm} seed {seed}: tau {result.tau:.3f} (accuracy {result.tau_accuracy:.3f}), "
+                  f"top cell {result.top_cell} "
                   f"val_acc {result.top_val_acc:.2f}% ({'table' if result.top_from_table else 'trained here'}), "
                   f"supernet {result.seconds:.0f}s, skip/none {result.parameter_free_share:.2f} "
                   f"({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)

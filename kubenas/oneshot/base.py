@@ -160,7 +160,7 @@ def top_distinct(space: SearchSpace, scored: Scored, k: Optional[int], by_score:
         if h in seen:
             continue
         seen.add(h)
-        out.append({"genotype": genotype, "hash": h, "score": float(score)})
+        out.append({"genotype": genotype, "hash": h, "score": float(score) if math.isfinite(score) else None})
         if k is not None and len(out) >= k:
             break
     return out

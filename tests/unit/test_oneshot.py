@@ -198,6 +198,9 @@ def test_top_distinct_keeps_one_genotype_per_hash_best_first():
     out = top_distinct(space, [(a, 0.5), (swapped, 0.9), (b, 0.7)], k=3)
     assert [item["score"] for item in out] == [0.9, 0.7]  # a and its operand swap are one cell
     assert out[0]["hash"] == space.hash(a)
+    # A path whose fine-tuning diverged scores -inf: last, and written as null (strict JSON has no -inf).
+    out = top_distinct(space, [(a, float("-inf")), (b, -2.3)], k=2)
+    assert [item["score"] for item in out] == [-2.3, None]
 
 
 # --- the worker, world size 1 in this process ---------------------------------------------------
