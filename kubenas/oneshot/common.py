@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from kubenas.nn.supernet import Supernet
+from kubenas.oneshot.parameters import FINE_TUNE_STEPS
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class OneShotSettings:
     # Every final score: steps a candidate's path trains alone from the shared weights before it is
     # scored (on a copy). Shared weights serve every path and rank parameter-free cells too high; a
     # few steps of the path's own training correct most of that (benchmarks/oneshot.py).
-    fine_tune_steps: int = 44
+    fine_tune_steps: int = FINE_TUNE_STEPS
 
 
 @dataclass

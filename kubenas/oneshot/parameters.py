@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+# Default of every final score's fine-tuning (OneShotSettings reads it too: one number).
+FINE_TUNE_STEPS = 44
+
 _COMMON: dict[str, Any] = {
     "top_k": 3,  # derived genotypes sent to stand-alone training, distinct by canonical hash
     "supernet_epochs": None,  # epochs of supernet training (default: training.epochs)
     "calibration_batches": 4,  # training batches that re-estimate batch norm per scored path
-    "fine_tune_steps": 44,  # steps a scored path trains alone from the shared weights (on a copy)
+    "fine_tune_steps": FINE_TUNE_STEPS,  # steps a scored path trains alone from the shared weights (on a copy)
 }
 
 ALGORITHM_PARAMETERS: dict[str, dict[str, Any]] = {
