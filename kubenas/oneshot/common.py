@@ -21,7 +21,10 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from kubenas.nn.supernet import Supernet
-from kubenas.oneshot.parameters import FINE_TUNE_STEPS
+from kubenas.oneshot.parameters import ALGORITHM_PARAMETERS
+
+# Every algorithm's parameters in one mapping (a name means the same in each algorithm).
+_DEFAULTS = {name: value for parameters in ALGORITHM_PARAMETERS.values() for name, value in parameters.items()}
 
 
 @dataclass(frozen=True)
@@ -37,32 +40,26 @@ class OneShotSettings:
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     seed: int = 0
-    top_k: int = 3
+    # The algorithms' parameters: defaults (and why) in kubenas/oneshot/parameters.py.
+    top_k: int = _DEFAULTS["top_k"]
+    calibration_batches: int = _DEFAULTS["calibration_batches"]
+    fine_tune_steps: int = _DEFAULTS["fine_tune_steps"]
     # darts
-    order: int = 1
-    # The paper's 3e-4 is for ~20k CIFAR steps; a proxy run takes ~100 (Adam moves ~lr per step):
-    # at 3e-4 the alphas stay near uniform, at 3e-2 they can move by a few units.
-    arch_learning_rate: float = 3e-2
-    arch_weight_decay: float = 1e-3
-    max_skips: int = 2  # skip connections a derived cell may hold (P-DARTS' cap against collapse)
+    order: int = _DEFAULTS["order"]
+    arch_learning_rate: float = _DEFAULTS["arch_learning_rate"]
+    arch_weight_decay: float = _DEFAULTS["arch_weight_decay"]
+    max_skips: int = _DEFAULTS["max_skips"]
     # enas
-    policy_steps: int = 20
-    policy_samples: int = 20
-    # Ten times ENAS' 3.5e-4, which is for a controller trained over many thousands of steps; a run
-    # here takes policy_steps per epoch over tens of epochs, a few hundred Adam steps (each moves ~lr).
-    policy_learning_rate: float = 3.5e-3
-    entropy_weight: float = 1e-4
-    baseline_decay: float = 0.95
-    hidden: int = 64
-    # spos (and every final score)
-    evolution_population: int = 16
-    evolution_cycles: int = 4
-    mutation_probability: float = 0.1
-    calibration_batches: int = 4
-    # Every final score: steps a candidate's path trains alone from the shared weights before it is
-    # scored (on a copy). Shared weights serve every path and rank parameter-free cells too high; a
-    # few steps of the path's own training correct most of that (benchmarks/oneshot.py).
-    fine_tune_steps: int = FINE_TUNE_STEPS
+    policy_steps: int = _DEFAULTS["policy_steps"]
+    policy_samples: int = _DEFAULTS["policy_samples"]
+    policy_learning_rate: float = _DEFAULTS["policy_learning_rate"]
+    entropy_weight: float = _DEFAULTS["entropy_weight"]
+    baseline_decay: float = _DEFAULTS["baseline_decay"]
+    hidden: int = _DEFAULTS["hidden"]
+    # spos
+    evolution_population: int = _DEFAULTS["evolution_population"]
+    evolution_cycles: int = _DEFAULTS["evolution_cycles"]
+    mutation_probability: float = _DEFAULTS["mutation_probability"]
 
 
 @dataclass

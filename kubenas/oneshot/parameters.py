@@ -8,19 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
-# Default of every final score's fine-tuning (OneShotSettings reads it too: one number).
-FINE_TUNE_STEPS = 44
-
 _COMMON: dict[str, Any] = {
     "top_k": 3,  # derived genotypes sent to stand-alone training, distinct by canonical hash
     "supernet_epochs": None,  # epochs of supernet training (default: training.epochs)
     "calibration_batches": 4,  # training batches that re-estimate batch norm per scored path
-    "fine_tune_steps": FINE_TUNE_STEPS,  # steps a scored path trains alone from the shared weights (on a copy)
+    # Steps a scored path trains alone from the shared weights (on a copy) before it is scored:
+    # shared weights serve every path and rank parameter-free cells too high; a few steps of the
+    # path's own training correct most of that (benchmarks/oneshot.py).
+    "fine_tune_steps": 44,
 }
 
 ALGORITHM_PARAMETERS: dict[str, dict[str, Any]] = {
+    # policy_learning_rate: ten times ENAS' 3.5e-4, which is for a controller trained over many
+    # thousands of steps; a run here takes policy_steps per epoch, a few hundred Adam steps in all.
     "enas": {**_COMMON, "policy_steps": 20, "policy_samples": 20, "policy_learning_rate": 3.5e-3,
              "entropy_weight": 1e-4, "baseline_decay": 0.95, "hidden": 64},
+    # arch_learning_rate: the paper's 3e-4 is for ~20k CIFAR steps; a proxy run takes ~100 (Adam
+    # moves ~lr per step): at 3e-4 the alphas stay near uniform, at 3e-2 they can move by a few units.
     "darts": {**_COMMON, "order": 1, "arch_learning_rate": 3e-2, "arch_weight_decay": 1e-3,
               "max_skips": 2},  # skip_connect per derived cell (P-DARTS' cap against DARTS' collapse)
     "spos": {**_COMMON, "evolution_population": 16, "evolution_cycles": 4, "mutation_probability": 0.1},

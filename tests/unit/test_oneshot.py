@@ -203,6 +203,23 @@ def test_top_distinct_keeps_one_genotype_per_hash_best_first():
     assert [item["score"] for item in out] == [-2.3, None]
 
 
+def test_the_fingerprint_holds_the_parameters_with_their_defaults(tmp_path, monkeypatch):
+    from kubenas.oneshot import parameters
+
+    def fingerprint(**chosen) -> str:
+        return supernet_fingerprint(ArchitectureSearchSpec.model_validate_json(spec_file(tmp_path, "spos", **chosen).read_text()))
+
+    default = parameters.ALGORITHM_PARAMETERS["spos"]["fine_tune_steps"]
+    # Spelling out a default changes nothing; another value changes the supernet.
+    assert fingerprint() == fingerprint(fineTuneSteps=default)
+    assert fingerprint() != fingerprint(fineTuneSteps=default + 1)
+    # A default changed between versions: a checkpoint made under the old one is not resumed.
+    before = fingerprint()
+    monkeypatch.setitem(parameters.ALGORITHM_PARAMETERS, "spos",
+                        {**parameters.ALGORITHM_PARAMETERS["spos"], "fine_tune_steps": default + 1})
+    assert fingerprint() != before
+
+
 # --- the worker, world size 1 in this process ---------------------------------------------------
 
 @pytest.mark.parametrize("algorithm", ["enas", "darts", "spos"])
