@@ -1,7 +1,8 @@
 """The one-shot algorithms' parameters (strategy.parameters) with their defaults, as the
 constructors' snake_case keywords; the manifest spells them in camelCase (topK, order, ...).
 Torch-free: the controller's strategy (kubenas/strategies/one_shot.py) and the spec's
-parameter table (kubenas/spec.py STRATEGY_PARAMETERS, which must equal this) read it.
+parameter table (kubenas/spec.py STRATEGY_PARAMETERS, which must equal this) read it, and the
+training code's OneShotSettings (kubenas/oneshot/common.py) takes its defaults from it.
 A default of None means "from spec.training" (supernet_epochs: training.epochs)."""
 
 from __future__ import annotations
