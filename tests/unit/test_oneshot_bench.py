@@ -66,7 +66,20 @@ def test_the_command_refuses_bad_flags_naming_them(capsys):
     assert "--table /nonexistent/curves.csv: cannot be read" in capsys.readouterr().err
     assert main(["bench", "oneshot", "--cells", "ten"]) == 2
     assert "--cells 'ten': expected START:END" in capsys.readouterr().err
-    assert main(["bench", "oneshot", "--algorithms", "spos", "--param", "spos.policySteps=3"]) == 2
-    assert "--param spos.policySteps: not a parameter of spos; choose from" in capsys.readouterr().err
+    # --param is checked as a manifest's strategy.parameters: names, types and ranges
+    for param, said in [
+        ("spos.policySteps=3", "--param spos.policySteps: spos has no parameter 'policySteps'; accepted: ["),
+        ("spos.fine_tune_steps=3", "--param spos.fine_tune_steps: did you mean fineTuneSteps?"),
+        ("spos.fineTuneSteps=abc", "--param spos.fineTuneSteps: 'abc' is not accepted; spos wants an integer"),
+        ("spos.topK=0", "--param spos.topK: 0 is not accepted; spos wants an integer in [1, 100]"),
+        ("spos.topK=[1]", "--param spos.topK: [1] is not accepted; expected a number, true/false or a string"),
+        ("spos.supernetEpochs=3", "--param spos.supernetEpochs: the supernet's epochs are set with --epochs"),
+    ]:
+        assert main(["bench", "oneshot", "--algorithms", "spos", "--param", param]) == 2, param
+        assert said in capsys.readouterr().err, param
+    from kubenas.commands.bench import one_shot_parameters
+
+    assert one_shot_parameters("darts", {"order": 2, "archLearningRate": 0.01}) == {
+        "order": 2, "arch_learning_rate": 0.01}
     assert main(["bench", "strategies"]) == 2
     assert "--table is required" in capsys.readouterr().err
