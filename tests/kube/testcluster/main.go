@@ -407,8 +407,9 @@ func startScheduler(ctx context.Context, kubeconfig string) (chan error, error) 
 		"--leader-elect=false",
 		// A pod rejected for an unbound claim is requeued by the claim's bind event, but the
 		// scheduler's volume cache may lag that event and reject it once more; nothing requeues
-		// it then but the periodic flush, after 5 minutes by default. Tests should wait seconds.
-		"--pod-max-in-unschedulable-pods-duration=15s",
+		// it then but the flush of pods left unschedulable longer than this (checked every 30 s;
+		// 5 minutes by default). Tests should wait seconds.
+		"--pod-max-in-unschedulable-pods-duration=5s",
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
