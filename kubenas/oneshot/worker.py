@@ -176,7 +176,7 @@ def main(argv: Optional[list[str]] = None, env: Optional[Mapping[str, str]] = No
         return run(args, group, spec, algorithm, settings)
     except BadInput as exc:
         fail(rank, str(exc))
-        return 2
+        return _leave(2)  # a checkpoint of another search is found after the group is up
     except GroupLost as exc:
         fail(rank, str(exc))
         # A broken process group may block in its destructor: leave at once.
