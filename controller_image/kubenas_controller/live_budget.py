@@ -85,12 +85,11 @@ class LiveBudget:
         return returned
 
     def _withdraw_queued(self) -> list[str]:
-        inflight = self.state.inflight
-        states = self.queue.entry_states([f.entry_id for f in inflight.values() if f.entry_id])
-        delivered = frozenset(f.trial_id for f in inflight.values() if states.get(f.entry_id) in ("running", "acknowledged"))
-        withdrawn = self.state.suspend(delivered)
-        self.queue.ack(finished=withdrawn)  # nothing is logged for a withdrawal: safe before the checkpoint
-        return withdrawn
+        # Checked and deleted in one step per entry: a trainer reading the queue meanwhile gets
+        # either the trial (which then runs) or nothing (it is withdrawn), never both.
+        waiting = [f.trial_id for f in self.state.inflight.values() if f.started is None]
+        taken_back = self.queue.withdraw(waiting)  # nothing is logged for a withdrawal: safe before the checkpoint
+        return self.state.suspend(delivered=frozenset(waiting) - frozenset(taken_back))
 
     def note_drained(self) -> None:
         """Say once when a suspended search has nothing left in flight."""

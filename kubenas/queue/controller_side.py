@@ -99,6 +99,17 @@ class ControllerQueue(SearchStreams):
         if len(pipe):
             pipe.execute()
 
+    def withdraw(self, trial_ids: list[str]) -> list[str]:
+        """Take back the trials whose entries no trainer has read (a suspend); the ids taken back.
+        The others are running or done: their results will come."""
+        if not trial_ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for trial_id in trial_ids:
+            self.scripts.withdraw(dispatched=self.keys.dispatched, trials=self.keys.trials, control=self.keys.control,
+                                  errors=self.keys.errors, group=TRAINERS_GROUP, trial_id=trial_id, client=pipe)
+        return [trial_id for trial_id, taken in zip(trial_ids, pipe.execute()) if int(taken)]
+
     def set_control(self, controls: dict[str, ControlMessage]) -> None:
         if controls:
             self.r.hset(self.keys.control, mapping={k: v.encode() for k, v in controls.items()})

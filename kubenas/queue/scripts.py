@@ -51,6 +51,34 @@ redis.call('HDEL', errors, trial_id)
 return sid and 1 or 0
 """
 
+# Withdraw a trial no trainer has taken (a suspend): retire it only while its entry is still
+# queued, past the trainers' group's last delivered id (or gone); 1 when withdrawn, 0 when a
+# trainer has read it. One step, so no trainer can read the entry between the check and the delete.
+_WITHDRAW = """
+local dispatched, trials, control, errors = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, trial_id = ARGV[1], ARGV[2]
+local sid = redis.call('HGET', dispatched, trial_id)
+if sid and #redis.call('XRANGE', trials, sid, sid, 'COUNT', 1) > 0 then
+  local last = '0-0'
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', trials)) do
+    for i = 1, #info - 1, 2 do
+      if info[i] == 'name' and info[i + 1] == group then
+        for j = 1, #info - 1, 2 do
+          if info[j] == 'last-delivered-id' then last = info[j + 1] end
+        end
+      end
+    end
+  end
+  -- Entries go to the group in id order: one at or before `last` has been read by a trainer.
+  if #redis.call('XRANGE', trials, '(' .. last, sid, 'COUNT', 1) == 0 then return 0 end
+  redis.call('XDEL', trials, sid)
+end
+redis.call('HDEL', dispatched, trial_id)
+redis.call('HDEL', control, trial_id)
+redis.call('HDEL', errors, trial_id)
+return 1
+"""
+
 # Whether `consumer` owns entry `entry` of `trials` (it is in the consumer's pending list).
 _OWNS = """
 local function owns(trials, group, consumer, entry)
@@ -122,6 +150,7 @@ class QueueScripts:
     def __init__(self, client: redis.Redis):
         self._publish = client.register_script(_PUBLISH)
         self._retire = client.register_script(_RETIRE)
+        self._withdraw = client.register_script(_WITHDRAW)
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._settle = client.register_script(_SETTLE)
         self._hand_back = client.register_script(_HAND_BACK)
@@ -136,6 +165,11 @@ class QueueScripts:
                client: Any = None) -> Any:
         """Acknowledge and delete the trial's entry and forget its records; 1 when it had an entry."""
         return self._retire(keys=[dispatched, trials, control, errors], args=[group, trial_id], client=client)
+
+    def withdraw(self, *, dispatched: str, trials: str, control: str, errors: str, group: str, trial_id: str,
+                 client: Any = None) -> Any:
+        """Retire the trial if no trainer has read its entry; 1 when withdrawn, 0 when taken."""
+        return self._withdraw(keys=[dispatched, trials, control, errors], args=[group, trial_id], client=client)
 
     def heartbeat(self, *, trials: str, control: str, group: str, consumer: str, entry_id: str,
                   trial_id: str) -> tuple[bool, Any]:

@@ -135,6 +135,53 @@ def test_completing_posts_the_result_and_acknowledges_atomically(queue, keys):
     assert not queue.r.hexists(keys.dispatched, "t000000")
 
 
+def test_a_suspend_withdraws_only_the_trials_no_trainer_has_read(queue, keys):
+    queue.publish([trial(keys, f"t{i:06d}") for i in range(4)])
+    a, b = trainer(queue, "a"), trainer(queue, "b")
+    running = a.claim(block_ms=10)  # t000000: read, training
+    done = b.claim(block_ms=10)  # t000001: trained; its result is on the way to the controller
+    assert b.complete(done, result(keys, done)) is True
+    queue.r.xdel(keys.trials, queue.r.hget(keys.dispatched, "t000003"))  # t000003: its entry lost (trimmed)
+    assert queue.withdraw(["t000000", "t000001", "t000002", "t000003"]) == ["t000002", "t000003"]
+    assert trainer(queue, "c").claim(block_ms=10) is None  # nothing left to hand out
+    assert a.heartbeat(running) == (True, None)  # the running trial is untouched
+    assert not queue.r.hexists(keys.dispatched, "t000002") and not queue.r.hexists(keys.dispatched, "t000003")
+    assert queue.r.hexists(keys.dispatched, "t000000") and queue.r.hexists(keys.dispatched, "t000001")
+
+
+def test_a_trainer_reading_while_the_controller_withdraws_gets_each_trial_or_not_never_both(queue, keys):
+    """The check and the delete are one step: a trial is either read by a trainer (it runs) or
+    withdrawn, never both and never neither, however the two interleave."""
+    import threading
+
+    ids = [f"t{i:06d}" for i in range(300)]
+    queue.publish([trial(keys, trial_id) for trial_id in ids])
+    read: list[str] = []
+    stop = threading.Event()
+
+    def read_all() -> None:  # a trainer taking trials as fast as it can, on its own connection
+        reader = TrainerQueue(queue.r, keys, "a", lease_seconds=600)  # the client's pool: a connection each
+        while not stop.is_set():
+            claim = reader.claim(block_ms=5)
+            if isinstance(claim, Claim):
+                read.append(claim.trial.trial_id)
+
+    thread = threading.Thread(target=read_all)
+    thread.start()
+    withdrawn: list[str] = []
+    try:
+        while len(read) < 20:  # withdraw while the trainer is busy reading
+            time.sleep(0.001)
+        for start in range(0, len(ids), 10):
+            withdrawn += queue.withdraw(ids[start:start + 10])
+    finally:
+        stop.set()
+        thread.join(10)
+    assert read and withdrawn  # both happened
+    assert not set(read) & set(withdrawn)
+    assert sorted(read + withdrawn) == ids
+
+
 def test_the_controller_rereads_unacknowledged_results_after_a_restart(queue, keys):
     queue.publish([trial(keys)])
     a = trainer(queue, "a")
