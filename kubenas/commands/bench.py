@@ -245,7 +245,7 @@ def one_shot_parameters(algorithm: str, chosen: dict) -> dict:
     as the constructors' keywords."""
     from pydantic import ValidationError
 
-    from kubenas.spec import StrategySpec, strategy_keyword
+    from kubenas.spec import StrategySpec, strategy_keyword_arguments
 
     if "supernetEpochs" in chosen:
         raise KubenasError(f"--param {algorithm}.supernetEpochs: the supernet's epochs are set with --epochs")
@@ -258,7 +258,7 @@ def one_shot_parameters(algorithm: str, chosen: dict) -> dict:
         name = error["loc"][1]  # ("parameters", name, ...): a value that is no JSON scalar
         raise KubenasError(f"--param {algorithm}.{name}: {chosen[name]!r} is not accepted; "
                            "expected a number, true/false or a string") from None
-    return {strategy_keyword(name): value for name, value in chosen.items()}
+    return strategy_keyword_arguments(chosen)
 
 
 def _run_oneshot(args: argparse.Namespace) -> int:

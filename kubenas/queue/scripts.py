@@ -35,9 +35,18 @@ redis.call('HSET', dispatched, trial_id, sid)
 return {sid, 1}
 """ % {"field": _FIELD}
 
+# Forget a trial's records: its dispatch record, control and last error.
+_FORGET = """
+local function forget(dispatched, control, errors, trial_id)
+  redis.call('HDEL', dispatched, trial_id)
+  redis.call('HDEL', control, trial_id)
+  redis.call('HDEL', errors, trial_id)
+end
+"""
+
 # Retire a trial whose result was applied (or which was cancelled): delete its entry
 # (acknowledging it, so a trainer still on it learns at its next heartbeat) and its records.
-_RETIRE = """
+_RETIRE = _FORGET + """
 local dispatched, trials, control, errors = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, trial_id = ARGV[1], ARGV[2]
 local sid = redis.call('HGET', dispatched, trial_id)
@@ -45,37 +54,29 @@ if sid then
   redis.call('XACK', trials, group, sid)
   redis.call('XDEL', trials, sid)
 end
-redis.call('HDEL', dispatched, trial_id)
-redis.call('HDEL', control, trial_id)
-redis.call('HDEL', errors, trial_id)
+forget(dispatched, control, errors, trial_id)
 return sid and 1 or 0
 """
 
 # Withdraw a trial no trainer has taken (a suspend): retire it only while its entry is still
 # queued, past the trainers' group's last delivered id (or gone); 1 when withdrawn, 0 when a
 # trainer has read it. One step, so no trainer can read the entry between the check and the delete.
-_WITHDRAW = """
+_WITHDRAW = _FORGET + """
 local dispatched, trials, control, errors = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, trial_id = ARGV[1], ARGV[2]
 local sid = redis.call('HGET', dispatched, trial_id)
 if sid and #redis.call('XRANGE', trials, sid, sid, 'COUNT', 1) > 0 then
   local last = '0-0'
   for _, info in ipairs(redis.call('XINFO', 'GROUPS', trials)) do
-    for i = 1, #info - 1, 2 do
-      if info[i] == 'name' and info[i + 1] == group then
-        for j = 1, #info - 1, 2 do
-          if info[j] == 'last-delivered-id' then last = info[j + 1] end
-        end
-      end
-    end
+    local fields = {}
+    for i = 1, #info - 1, 2 do fields[info[i]] = info[i + 1] end
+    if fields['name'] == group then last = fields['last-delivered-id'] end
   end
   -- Entries go to the group in id order: one at or before `last` has been read by a trainer.
   if #redis.call('XRANGE', trials, '(' .. last, sid, 'COUNT', 1) == 0 then return 0 end
   redis.call('XDEL', trials, sid)
 end
-redis.call('HDEL', dispatched, trial_id)
-redis.call('HDEL', control, trial_id)
-redis.call('HDEL', errors, trial_id)
+forget(dispatched, control, errors, trial_id)
 return 1
 """
 
